@@ -1,0 +1,1 @@
+"""Prefect flows: compose the library entry points, never re-implement them."""

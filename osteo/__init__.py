@@ -1,0 +1,1 @@
+"""osteo: command line and configuration loading for osteo-platform."""

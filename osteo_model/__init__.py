@@ -1,0 +1,1 @@
+"""Models and training: TP-SwAV pretraining, MoE multi-task fine-tuning (issue: models and training)."""

@@ -1,0 +1,1 @@
+"""Evaluation gates and MLflow model-registry promotion (issue: evaluation and registry)."""
