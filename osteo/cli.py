@@ -96,7 +96,8 @@ def _run_ingest(params: dict[str, Any]) -> Any:
         IngestConfig.from_params(params), _path(params, "raw"), _path(params, "interim") / "ingest",
         profile=params["profile"],
     )
-    typer.echo(f"ingest: {summary} ({time.perf_counter() - t0:.1f} s)")
+    typer.echo(summary.format())
+    typer.echo(f"ingest: {time.perf_counter() - t0:.1f} s")
     return summary
 
 

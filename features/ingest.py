@@ -1,0 +1,322 @@
+"""``osteo ingest``: raw export -> pseudonymised ROIs and tables (``docs/data_contract.md`` §2).
+
+Story of a run:
+
+1. find the HMAC key (:mod:`features.pseudonym`); no key -> the run stops;
+2. read ``patients.csv``, ``ct_studies.csv``, ``dxa.csv`` (:mod:`features.io.tables`);
+3. per CT row: known patient, parseable date, unique accession, else quarantine;
+4. per study, in ``workers`` processes: read CT + mask, check geometry and HU,
+   extract one ROI per level (:mod:`features.study`, :mod:`features.roi`);
+5. DXA rows: validate, deduplicate, check the CT window (:mod:`features.dxa`);
+6. write ``vertebrae.parquet``, ``dxa.parquet``, ``patients.parquet``,
+   ``quarantine.parquet``, ``ingest_summary.json``; prune ROI files no row uses.
+
+Nothing is dropped silently: for each kind ``ingested + quarantined == seen``
+is checked before anything is written (:class:`CountMismatchError` otherwise).
+Re-running on the same input gives identical tables (rows sorted, ids keyed,
+ROI files content-addressed).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+from tqdm import tqdm
+
+from features.dxa import DxaRules, process_dxa
+from features.errors import (CountMismatchError, DuplicateStudyError, IngestError, InvalidRecordError,
+                             UnknownPatientError)
+from features.io.masks import LEVEL_NAMES
+from features.io.tables import parse_date, read_raw_export
+from features.pseudonym import Pseudonymizer, age_years, load_key
+from features.quarantine import QuarantineRecord, counts_by_reason, to_frame
+from features.roi import RoiSpec
+from features.study import StudyChecks, StudyResult, StudyTask, process_study
+
+log = logging.getLogger(__name__)
+
+VERTEBRA_COLUMNS = ("patient_id", "study_id", "level", "level_name", "site", "scanner", "contrast", "ct_date",
+                    "sex", "age_at_ct", "roi_path", "roi_sha256", "roi_shape", "spacing_mm", "hu_mean", "hu_std",
+                    "hu_p05", "hu_p50", "hu_p95", "body_voxels")
+DXA_COLUMNS = ("patient_id", "dxa_id", "site", "device_vendor", "device_model", "dxa_date", "region", "level",
+               "bmd_g_cm2", "t_score", "who_class")
+PATIENT_COLUMNS = ("patient_id", "sex", "birth_year", "site")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """The ``ingest:`` section of params.yaml (units in the comments there)."""
+
+    workers: int = 2
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    roi_shape: tuple[int, int, int] = (48, 48, 32)
+    hu_window: tuple[float, float] = (-200.0, 1500.0)
+    hu_valid_range: tuple[float, float] = (-1100.0, 3500.0)
+    hu_invalid_share: float = 0.01
+    vertebra_median_hu_range: tuple[float, float] = (-200.0, 800.0)
+    alignment_tol_mm: float = 0.5
+    direction_tol: float = 0.001
+    min_body_voxels: int = 200
+    body_opening_mm: float = 3.0
+    core_erosion_mm: float = 2.0
+    ct_spline_order: int = 1
+    dxa_window_days: int = 183
+    dxa_bmd_range: tuple[float, float] = (0.2, 2.5)
+    dxa_t_score_range: tuple[float, float] = (-8.0, 8.0)
+    date_shift_max_days: int = 365
+    key_env: str = "OSTEO_PSEUDONYM_KEY"
+    key_file: str = "~/.config/osteo/pseudonym.key"
+    allow_demo_key: bool = False
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "IngestConfig":
+        """Build from the merged params dict (its ``ingest`` section); unknown keys are an error."""
+        section = dict(params.get("ingest", {}) or {})
+        unknown = sorted(set(section) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown ingest keys {unknown}: fix params.yaml (known: "
+                             f"{sorted(cls.__dataclass_fields__)})")
+        tuples = {k for k, f in cls.__dataclass_fields__.items() if str(f.type).startswith("tuple")}
+        kw = {k: tuple(v) if k in tuples else v for k, v in section.items()}
+        cfg = cls(**kw)
+        if cfg.ct_spline_order not in (0, 1, 2, 3, 4, 5) or len(cfg.roi_shape) != 3 or min(cfg.spacing_mm) <= 0:
+            raise ValueError("ingest: ct_spline_order must be 0-5, roi_shape 3 ints, spacing_mm > 0")
+        return cfg
+
+    def roi_spec(self) -> RoiSpec:
+        return RoiSpec(spacing_mm=tuple(map(float, self.spacing_mm)), roi_shape=tuple(map(int, self.roi_shape)),
+                       hu_window=tuple(map(float, self.hu_window)), body_opening_mm=float(self.body_opening_mm),
+                       core_erosion_mm=float(self.core_erosion_mm), min_body_voxels=int(self.min_body_voxels),
+                       ct_spline_order=int(self.ct_spline_order))
+
+    def study_checks(self) -> StudyChecks:
+        return StudyChecks(alignment_tol_mm=float(self.alignment_tol_mm), direction_tol=float(self.direction_tol),
+                           hu_valid_range=tuple(map(float, self.hu_valid_range)),
+                           hu_invalid_share=float(self.hu_invalid_share),
+                           vertebra_median_hu_range=tuple(map(float, self.vertebra_median_hu_range)))
+
+
+@dataclass
+class KindCounts:
+    """Seen / ingested / quarantined items of one kind."""
+
+    seen: int = 0
+    ingested: int = 0
+    quarantined: int = 0
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class IngestSummary:
+    """What a run did (also written, minus ``elapsed_s``, to ``ingest_summary.json``)."""
+
+    profile: str
+    key_source: str
+    studies: KindCounts
+    vertebrae: KindCounts
+    dxa: KindCounts
+    patients: int
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("elapsed_s")
+        d["vertebrae_written"] = self.vertebrae.ingested
+        d["dxa_rows"] = self.dxa.ingested
+        return d
+
+    def format(self) -> str:
+        """Human-readable counts (what the CLI prints)."""
+        lines = [f"ingest ({self.profile}, key from {self.key_source}) in {self.elapsed_s:.1f} s"]
+        for name in ("studies", "vertebrae", "dxa"):
+            c: KindCounts = getattr(self, name)
+            reasons = ", ".join(f"{k} {v}" for k, v in c.quarantined_by_reason.items()) or "-"
+            lines.append(f"  {name:9s} seen {c.seen:5d}  ingested {c.ingested:5d}  "
+                         f"quarantined {c.quarantined:4d}  ({reasons})")
+        lines.append(f"  patients  {self.patients}")
+        return "\n".join(lines)
+
+
+def _valid_patients(patients: pd.DataFrame) -> dict[str, dict]:
+    """MRN -> parsed record, for rows with a parseable birth date, sex F/M and a unique MRN."""
+    out, bad = {}, set()
+    for _, r in patients.iterrows():
+        mrn = str(r["mrn"]).strip()
+        birth, sex = parse_date(r["birth_date"]), str(r["sex"]).strip().upper()
+        if not mrn or birth is None or sex not in ("F", "M") or mrn in out:
+            bad.add(mrn)
+            continue
+        out[mrn] = dict(birth_date=birth, sex=sex, site=str(r["site"]).strip())
+    for mrn in bad:
+        out.pop(mrn, None)
+    return out
+
+
+def _run_tasks(tasks: list[StudyTask], cfg: IngestConfig, out_dir: Path, progress: bool) -> list[StudyResult]:
+    spec, checks = cfg.roi_spec(), cfg.study_checks()
+    bar = tqdm(total=len(tasks), desc="ingest studies", unit="study", disable=not progress)
+    results = []
+    if cfg.workers <= 1 or len(tasks) <= 1:
+        for t in tasks:
+            results.append(process_study(t, spec, checks, str(out_dir)))
+            bar.update()
+    else:
+        # spawn: workers import the module afresh, never inherit locks/threads of the parent
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(tasks)), mp_context=ctx) as pool:
+            futures = [pool.submit(process_study, t, spec, checks, str(out_dir)) for t in tasks]
+            for fut in as_completed(futures):
+                results.append(fut.result())
+                bar.update()
+    bar.close()
+    return sorted(results, key=lambda r: r.study_id)
+
+
+def _check_counts(summary: IngestSummary) -> None:
+    for name in ("studies", "vertebrae", "dxa"):
+        c: KindCounts = getattr(summary, name)
+        if c.ingested + c.quarantined != c.seen:
+            raise CountMismatchError(f"{name}: ingested {c.ingested} + quarantined {c.quarantined} != seen "
+                                     f"{c.seen}: an item was dropped silently (a bug: please report it)")
+
+
+def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
+               progress: bool = True) -> IngestSummary:
+    """Ingest a raw export into pseudonymised ROIs and tables.
+
+    Args:
+        cfg: the ``ingest`` section.
+        raw_dir: raw export root (``paths.raw``; PHI).
+        out_dir: output root (``paths.interim``; no PHI).
+        profile: active params profile (decides whether the demo key may be used).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The run's counts (also in ``out_dir/ingest_summary.json``).
+
+    Raises:
+        PseudonymKeyError: no usable key. RawExportError: a raw table missing/malformed.
+        CountMismatchError: an item was neither ingested nor quarantined (a bug).
+    """
+    t0 = time.perf_counter()
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    key, key_source = load_key(cfg.key_env, cfg.key_file, cfg.allow_demo_key, profile)
+    if key_source == "demo":
+        log.warning("using the PUBLIC demo pseudonymisation key (profile %s): synthetic data only", profile)
+    pseudo = Pseudonymizer(key=key, date_shift_max_days=int(cfg.date_shift_max_days), key_source=key_source)
+    raw = read_raw_export(raw_dir)
+    patients = _valid_patients(raw.patients)
+
+    quarantine: list[QuarantineRecord] = []
+    tasks, meta, seen_acc = [], {}, set()
+    for _, r in raw.ct_studies.iterrows():
+        acc, mrn = str(r["accession_number"]).strip(), str(r["mrn"]).strip()
+        sid = pseudo.study_id(acc)
+        day = parse_date(r["study_date"])
+        err: IngestError | None = None
+        if acc in seen_acc:
+            err = DuplicateStudyError(sid, "accession number already listed in ct_studies.csv",
+                                      "list every study once (the first row is used)")
+        elif mrn not in patients:
+            err = UnknownPatientError(sid, "CT row names a patient missing or invalid in patients.csv",
+                                      "add the patient (valid birth date and sex) to patients.csv")
+        elif day is None or str(r["contrast"]).strip() not in ("0", "1"):
+            err = InvalidRecordError(sid, "study_date is not YYYY-MM-DD or contrast is not 0/1",
+                                     "correct the row in ct_studies.csv")
+        seen_acc.add(acc)
+        if err is not None:
+            quarantine.append(QuarantineRecord.from_error(err, "study"))
+            continue
+        tasks.append(StudyTask(study_id=sid, ct_path=str(raw_dir / r["ct_path"]), ct_format=str(r["ct_format"]),
+                               mask_path=str(raw_dir / r["mask_path"]), mask_format=str(r["mask_format"])))
+        meta[sid] = dict(mrn=mrn, day=day, site=str(r["site"]), scanner=str(r["scanner"]),
+                         contrast=int(str(r["contrast"]).strip()))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = _run_tasks(tasks, cfg, out_dir, progress)
+
+    rows: list[dict] = []
+    ct_dates: dict[str, list] = {}
+    vert_seen = 0
+    for res in results:
+        quarantine.extend(res.quarantine)
+        vert_seen += res.vertebrae_seen
+        m = meta[res.study_id]
+        if res.rois:
+            ct_dates.setdefault(m["mrn"], []).append(m["day"])
+        p = patients[m["mrn"]]
+        for roi in res.rois:
+            rows.append(dict(
+                patient_id=pseudo.patient_id(m["mrn"]), study_id=res.study_id, level=int(roi["level"]),
+                level_name=LEVEL_NAMES[roi["level"] - 1], site=m["site"], scanner=m["scanner"],
+                contrast=m["contrast"], ct_date=pd.Timestamp(pseudo.shift(m["mrn"], m["day"]), tz="UTC"),
+                sex=p["sex"], age_at_ct=round(age_years(p["birth_date"], m["day"]), 4),
+                roi_path=roi["roi_path"], roi_sha256=roi["roi_sha256"], roi_shape=list(cfg.roi_shape),
+                spacing_mm=[float(s) for s in cfg.spacing_mm],
+                **{k: roi[k] for k in ("hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95", "body_voxels")}))
+
+    rules = DxaRules(window_days=int(cfg.dxa_window_days), bmd_range=tuple(cfg.dxa_bmd_range),
+                     t_score_range=tuple(cfg.dxa_t_score_range))
+    dxa_rows, dxa_q = process_dxa(raw.dxa, patients, ct_dates, pseudo, rules)
+    quarantine.extend(dxa_q)
+
+    patient_rows = [dict(patient_id=pseudo.patient_id(mrn), sex=p["sex"],
+                         birth_year=int(pseudo.shift(mrn, p["birth_date"]).year), site=p["site"])
+                    for mrn, p in patients.items()]
+
+    def counts(kind: str, seen: int, ingested: int) -> KindCounts:
+        q = [r for r in quarantine if r.kind == kind]
+        return KindCounts(seen=seen, ingested=ingested, quarantined=len(q),
+                          quarantined_by_reason=counts_by_reason(quarantine, kind))
+
+    summary = IngestSummary(
+        profile=profile, key_source=key_source,
+        studies=counts("study", len(raw.ct_studies), sum(r.ok for r in results)),
+        vertebrae=counts("vertebra", vert_seen, len(rows)),
+        dxa=counts("dxa", len(raw.dxa), len(dxa_rows)),
+        patients=len(patient_rows))
+    _check_counts(summary)
+
+    _write_tables(out_dir, rows, dxa_rows, patient_rows, quarantine, summary)
+    summary.elapsed_s = time.perf_counter() - t0
+    log.info("%s", summary.format())
+    return summary
+
+
+def _frame(rows: list[dict], columns: tuple[str, ...], sort: list[str]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=list(columns))
+    return df.sort_values(sort, kind="stable").reset_index(drop=True) if len(df) else df
+
+
+def _write_tables(out_dir: Path, rows, dxa_rows, patient_rows, quarantine, summary: IngestSummary) -> None:
+    vert = _frame(rows, VERTEBRA_COLUMNS, ["patient_id", "study_id", "level"])
+    vert["ct_date"] = pd.to_datetime(vert["ct_date"], utc=True).astype("datetime64[ns, UTC]")
+    for col, dt in (("level", "int64"), ("contrast", "int64"), ("body_voxels", "int64")):
+        vert[col] = vert[col].astype(dt)
+    for col in ("age_at_ct", "hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95"):
+        vert[col] = vert[col].astype("float64")
+    dxa = _frame(dxa_rows, DXA_COLUMNS, ["patient_id", "dxa_date", "level", "dxa_id"])
+    dxa["dxa_date"] = pd.to_datetime(dxa["dxa_date"], utc=True).astype("datetime64[ns, UTC]")
+    for col, dt in (("level", "int64"), ("who_class", "int64"), ("bmd_g_cm2", "float64"), ("t_score", "float64")):
+        dxa[col] = dxa[col].astype(dt)
+    pats = _frame(patient_rows, PATIENT_COLUMNS, ["patient_id"])
+    pats["birth_year"] = pats["birth_year"].astype("int64")
+    vert.to_parquet(out_dir / "vertebrae.parquet", index=False)
+    dxa.to_parquet(out_dir / "dxa.parquet", index=False)
+    pats.to_parquet(out_dir / "patients.parquet", index=False)
+    to_frame(quarantine).to_parquet(out_dir / "quarantine.parquet", index=False)
+    (out_dir / "ingest_summary.json").write_text(json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n")
+    # ROI files no row references (an earlier run on other data) are removed: outputs mirror this run
+    used = set(vert["roi_path"])
+    for f in sorted((out_dir / "rois").glob("*/*.npz")) if (out_dir / "rois").is_dir() else []:
+        if f.relative_to(out_dir).as_posix() not in used:
+            f.unlink()
+    for f in (out_dir / "rois").glob("*/.*.tmp.npz") if (out_dir / "rois").is_dir() else []:
+        f.unlink()
