@@ -1,0 +1,117 @@
+"""Texture-pool dataset: one vertebra per item, read from ``texture/<sha[:2]>/<sha>.npy``.
+
+The frame is a per-vertebra table (texture.parquet joined with vertebrae and,
+when labeled, dxa rows; see docs/data_contract.md §2-3). Columns used:
+
+| column | required | meaning |
+|---|---|---|
+| ``pool_path`` | yes | pool file relative to ``root`` (float32 (5, x, y, z)) |
+| ``pool_sha256`` | for ``verify`` | SHA-256 of the array bytes (or of the file) |
+| ``level`` | no | 1-18 (0 / missing = unknown) |
+| ``device_vendor`` | no | DXA vendor -> device index (unknown -> last index) |
+| ``who_class`` | no | 0/1/2 (missing -> -1) |
+| ``bmd_g_cm2`` | no | areal BMD (missing -> NaN) |
+| ``t_score`` | no | DXA T-score (missing -> NaN) |
+
+Items are dicts of tensors so the default collate works with DataLoader
+workers; the dataset holds no open file handles (each worker re-opens files).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from osteo_model.config import POOL_CHANNELS
+from osteo_model.errors import PoolIntegrityError
+from osteo_model.norm import ChannelNorm
+
+VIEW_MODES = ("pool", "hu")
+
+
+def _num(row: pd.Series, key: str, default: float) -> float:
+    value = row.get(key, default)
+    return default if value is None or pd.isna(value) else float(value)
+
+
+class TexturePoolDataset(Dataset):
+    """Vertebra texture pools with labels.
+
+    Args:
+        frame: per-vertebra table (columns above).
+        root: folder that ``pool_path`` is relative to (the texture stage output folder).
+        norm: channel normaliser fitted on the training split (None: raw values).
+        view_mode: ``pool`` (all 5 channels) or ``hu`` (channel 0 only, e.g. an HU-only model).
+        device_vendors: vendor names in device-index order (``model.moe.device_vendors``).
+        verify: check ``pool_sha256`` the first time each file is read (per worker process).
+
+    Each item: ``pool`` (C, X, Y, Z) float32, ``device`` long, ``who_class``
+    long (-1 unknown), ``bmd`` float (NaN unknown), ``t_score`` float (NaN
+    unknown), ``level`` long (0 unknown), ``index`` long (row position).
+    """
+
+    def __init__(self, frame: pd.DataFrame, root: Path, norm: ChannelNorm | None = None, view_mode: str = "pool",
+                 device_vendors: Sequence[str] = ("Hologic", "GE Lunar", "MEDIX"), verify: bool = False) -> None:
+        if view_mode not in VIEW_MODES:
+            raise ValueError(f"unknown view_mode {view_mode!r}: use one of {VIEW_MODES}")
+        if "pool_path" not in frame.columns:
+            raise KeyError("frame needs a 'pool_path' column (texture.parquet); join it before building the dataset")
+        self.frame = frame.reset_index(drop=True)
+        self.root = Path(root)
+        self.norm = norm
+        self.view_mode = view_mode
+        self.device_vendors = tuple(device_vendors)
+        self.verify = verify
+        self._verified: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def load_pool(self, i: int) -> np.ndarray:
+        """The raw (un-normalised) pool of row ``i``, shape-checked and optionally SHA-verified."""
+        row = self.frame.iloc[i]
+        path = self.root / str(row["pool_path"])
+        try:
+            pool = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise PoolIntegrityError(str(path), f"cannot read the pool ({exc})") from exc
+        if pool.ndim != 4 or pool.shape[0] != len(POOL_CHANNELS):
+            raise PoolIntegrityError(str(path), f"shape {pool.shape} is not ({len(POOL_CHANNELS)}, x, y, z)")
+        if self.verify and str(path) not in self._verified:
+            expected = str(row.get("pool_sha256", ""))
+            # Contract: the name is the SHA-256 of the array bytes; a file-bytes digest is accepted too.
+            digests = {hashlib.sha256(np.ascontiguousarray(pool).tobytes()).hexdigest(),
+                       hashlib.sha256(path.read_bytes()).hexdigest()}
+            if expected not in digests:
+                raise PoolIntegrityError(str(path), f"SHA-256 differs from pool_sha256 {expected[:12]}...")
+            self._verified.add(str(path))
+        return pool.astype(np.float32, copy=False)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = self.frame.iloc[i]
+        pool = self.load_pool(i)                                   # (5, X, Y, Z)
+        if self.norm is not None:
+            pool = self.norm.transform(pool)
+        if self.view_mode == "hu":
+            pool = pool[:1]                                        # (1, X, Y, Z)
+        vendor = row.get("device_vendor")
+        device = self.device_vendors.index(vendor) if vendor in self.device_vendors else len(self.device_vendors)
+        return {
+            "pool": torch.from_numpy(np.ascontiguousarray(pool)),
+            "device": torch.tensor(device, dtype=torch.long),
+            "who_class": torch.tensor(int(_num(row, "who_class", -1)), dtype=torch.long),
+            "bmd": torch.tensor(_num(row, "bmd_g_cm2", float("nan")), dtype=torch.float32),
+            "t_score": torch.tensor(_num(row, "t_score", float("nan")), dtype=torch.float32),
+            "level": torch.tensor(int(_num(row, "level", 0)), dtype=torch.long),
+            "index": torch.tensor(i, dtype=torch.long),
+        }
+
+    def iter_raw_pools(self):
+        """Yield raw pools in row order (for :meth:`ChannelNorm.fit` on the training split)."""
+        for i in range(len(self)):
+            yield self.load_pool(i)

@@ -1,0 +1,166 @@
+"""Mixture-of-Experts multi-task fine-tuning (paper 001 §2.2-2.3, Eqs. 2-4).
+
+Image embedding P_I (encoder) plus a learned embedding D_I of the DXA device
+(one per vendor, an extra index for "unknown") drive a dense softmax gate over
+N experts (Eq. 2); the experts see the image embedding and their outputs are
+mixed by the gate weights (Eq. 3). Three task heads read the mixture:
+osteoporosis class (2 logits, cross-entropy), areal BMD (regression on the
+standardised value, MSE) and vertebra position 1-18 (cross-entropy). The unified
+loss is Eq. 4: L = alpha L_class + beta L_BMD + gamma L_position.
+
+Because the device enters through the gate, the model answers "what would this
+vendor's DXA say" (METHOD.md §4): predict once per vendor index to compare.
+
+Ablations: ``use_moe=False`` -> one expert, no gate and no device input
+(Table 2 "ResNet34 TP-SwAV unified"); ``class_only=True`` -> beta = gamma = 0.
+
+Targets may be missing per vertebra (``who_class = -1``, ``bmd = NaN``,
+``level = 0``): each term averages over the vertebrae that have its label and
+is 0 when none does, so unlabeled vertebrae can still feed L_position.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from osteo_model.backbones import Encoder
+from osteo_model.config import MoEConfig
+
+OSTEOPOROSIS = 2  # who_class of osteoporosis; the class head predicts who_class == 2 (METHOD.md §4)
+
+
+def gate_weights(p_i: torch.Tensor, d_i: torch.Tensor, f_g: nn.Module) -> torch.Tensor:
+    """Eq. 2: alpha = softmax(f_g(P_I + D_I)); (B, E) + (B, E) -> (B, N), rows sum to 1."""
+    return F.softmax(f_g(p_i + d_i), dim=-1)
+
+
+def mix_experts(expert_out: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Eq. 3: Output = sum_i alpha_i E_i; (B, N, F) x (B, N) -> (B, F)."""
+    return (alpha.unsqueeze(-1) * expert_out).sum(dim=1)
+
+
+class MoEHead(nn.Module):
+    """Device-aware gate, N experts and the three task heads."""
+
+    def __init__(self, embed_dim: int, cfg: MoEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n_experts = cfg.n_experts if cfg.use_moe else 1
+        if cfg.use_moe:
+            self.device_embed = nn.Embedding(cfg.n_devices, embed_dim)       # D_I
+            nn.init.normal_(self.device_embed.weight, std=0.1)
+            self.f_g = nn.Linear(embed_dim, n_experts)                        # gating function
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(embed_dim, cfg.expert_hidden), nn.ReLU()) for _ in range(n_experts)
+        )
+        self.class_head = nn.Linear(cfg.expert_hidden, 2)
+        self.bmd_head = nn.Linear(cfg.expert_hidden, 1)
+        self.level_head = nn.Linear(cfg.expert_hidden, cfg.n_levels)
+
+    def forward(self, p_i: torch.Tensor, device: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Args: p_i (B, E) image embedding; device (B,) vendor indices. Returns logits, BMD z and gates."""
+        e = torch.stack([expert(p_i) for expert in self.experts], dim=1)      # (B, N, F)
+        if self.cfg.use_moe:
+            alpha = gate_weights(p_i, self.device_embed(device), self.f_g)   # (B, N)
+        else:
+            alpha = torch.ones(p_i.shape[0], 1, device=p_i.device, dtype=e.dtype)  # (B, 1)
+        h = mix_experts(e, alpha)                                             # (B, F)
+        return {
+            "class_logits": self.class_head(h),                               # (B, 2)
+            "bmd_z": self.bmd_head(h).squeeze(-1),                            # (B,)
+            "level_logits": self.level_head(h),                               # (B, n_levels)
+            "gate": alpha,                                                    # (B, N)
+        }
+
+
+class MultiTaskModel(nn.Module):
+    """Encoder + MoE head: the fine-tuned osteoporosis model."""
+
+    def __init__(self, encoder: Encoder, cfg: MoEConfig) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = MoEHead(encoder.embed_dim, cfg)
+
+    def forward(self, pool: torch.Tensor, device: torch.Tensor,
+                channel_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Args: pool (B, 5, X, Y, Z) normalised; device (B,). Returns the head outputs plus ``embedding`` (B, E)."""
+        p_i = self.encoder(pool, channel_ids)                                  # (B, E)
+        return {**self.head(p_i, device), "embedding": p_i}
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """alpha, beta, gamma of Eq. 4 (paper: 1.0, 1.0, 0.5)."""
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 0.5
+
+    @classmethod
+    def from_config(cls, cfg: MoEConfig) -> "LossWeights":
+        if cfg.class_only:
+            return cls(cfg.alpha, 0.0, 0.0)
+        return cls(cfg.alpha, cfg.beta, cfg.gamma)
+
+
+def _masked_mean_zero(values: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """Mean of values, or a graph-connected 0 when there is nothing to average."""
+    return values.mean() if values.numel() else anchor.sum() * 0.0
+
+
+def unified_loss(out: dict[str, torch.Tensor], who_class: torch.Tensor, bmd: torch.Tensor, level: torch.Tensor,
+                 weights: LossWeights, bmd_center: float, bmd_scale: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq. 4 with per-term label masks.
+
+    Args:
+        out: :class:`MoEHead` outputs.
+        who_class: (B,) 0 normal / 1 osteopenia / 2 osteoporosis, -1 unknown.
+        bmd: (B,) areal BMD in g/cm2, NaN unknown.
+        level: (B,) 1-18, 0 unknown.
+        weights: alpha, beta, gamma.
+        bmd_center, bmd_scale: BMD standardisation, z = (bmd - center) / scale.
+
+    Returns:
+        total loss and the parts ``class``, ``bmd``, ``position`` (unweighted).
+    """
+    logits = out["class_logits"].float()
+    has_c = who_class >= 0
+    l_class = _masked_mean_zero(
+        F.cross_entropy(logits[has_c], (who_class[has_c] == OSTEOPOROSIS).long(), reduction="none"), logits)
+    pred_z = out["bmd_z"].float()
+    has_b = torch.isfinite(bmd)
+    z = (bmd[has_b] - bmd_center) / bmd_scale
+    l_bmd = _masked_mean_zero((pred_z[has_b] - z) ** 2, pred_z)
+    lvl_logits = out["level_logits"].float()
+    has_l = level >= 1
+    l_pos = _masked_mean_zero(F.cross_entropy(lvl_logits[has_l], level[has_l] - 1, reduction="none"), lvl_logits)
+    total = weights.alpha * l_class + weights.beta * l_bmd + weights.gamma * l_pos
+    return total, {"class": l_class, "bmd": l_bmd, "position": l_pos}
+
+
+def decode_outputs(out: dict[str, torch.Tensor], cfg: MoEConfig) -> dict[str, torch.Tensor]:
+    """Head outputs -> osteoporosis score in [0, 1], BMD in g/cm2, predicted level 1-18."""
+    return {
+        "score": F.softmax(out["class_logits"].float(), dim=-1)[:, 1],
+        "bmd_g_cm2": out["bmd_z"].float() * cfg.bmd_scale + cfg.bmd_center,
+        "level": out["level_logits"].argmax(dim=-1) + 1,
+    }
+
+
+class MultiTaskObjective:
+    """Fine-tuning loss object for :func:`osteo_model.train.fit` (Eq. 4)."""
+
+    def __init__(self, cfg: MoEConfig) -> None:
+        self.cfg = cfg
+        self.weights = LossWeights.from_config(cfg)
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        out = model(batch["pool"], batch["device"])
+        total, parts = unified_loss(out, batch["who_class"], batch["bmd"], batch["level"],
+                                    self.weights, self.cfg.bmd_center, self.cfg.bmd_scale)
+        metrics = {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
+        metrics["loss"] = float(total.detach())
+        return total, metrics

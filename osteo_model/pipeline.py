@@ -1,0 +1,145 @@
+"""Entry points (thin shell): pretrain, fine-tune, load and predict, from the merged params.
+
+These are what the CLI (``osteo pretrain`` / ``osteo finetune``), DVC stages
+and Prefect tasks call. The caller passes per-vertebra frames that are already
+restricted to one split (see :mod:`osteo_model.data` for the columns) and the
+interim root the ``pool_path`` values are relative to.
+
+Artefacts written to ``out_dir``:
+
+* ``last.pt``: the resumable training checkpoint (see :mod:`osteo_model.checkpoint`);
+* ``encoder.pt`` (pretraining) / ``model.pt`` (fine-tuning): a bundle with the
+  weights, the ``model:`` config, the ChannelNorm state and the I/O contract
+  (modality, channels, units, intended use), plus the validation threshold
+  when a validation frame is given.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from osteo.params import params_hash
+from osteo_model.backbones import build_backbone
+from osteo_model.companion import ThresholdChoice, select_threshold
+from osteo_model.config import POOL_CHANNELS, BackboneConfig, CompanionConfig, ModelConfig, MoEConfig, TrainConfig
+from osteo_model.data import TexturePoolDataset
+from osteo_model.moe import MultiTaskModel, MultiTaskObjective, decode_outputs
+from osteo_model.norm import ChannelNorm
+from osteo_model.swav import SwAVModel, SwAVObjective
+from osteo_model.train import MetricsCallback, fit, resolve_device, seed_everything
+
+IO_CONTRACT = {
+    "modality": "CT", "unit": "vertebra",
+    "input": f"texture pool float32 (5, x, y, z), channels {list(POOL_CHANNELS)}, HU window per ingest params",
+    "device_input": "DXA vendor index (model.moe.device_vendors; last index = unknown)",
+    "outputs": {"score": "P(osteoporosis, WHO T <= -2.5) in [0, 1]", "bmd_g_cm2": "areal BMD as the vendor's DXA",
+                "level": "vertebra position 1-18"},
+    "intended_use": "research: opportunistic osteoporosis screening from routine CT; not a diagnostic device",
+}
+
+
+@dataclass(frozen=True)
+class StageResult:
+    bundle: Path
+    steps: int
+    last_metrics: dict[str, float]
+    threshold: ThresholdChoice | None = None
+
+
+def _digest(params: Mapping[str, Any], tag: str) -> str:
+    return f"{tag}:{params_hash(params, ('model', 'train'))}"
+
+
+def run_pretrain(params: Mapping[str, Any], frame: pd.DataFrame, interim_dir: Path, out_dir: Path,
+                 method: str = "tp_swav", log_metrics: MetricsCallback | None = None, resume: bool = True) -> StageResult:
+    """Self-supervised pretraining (``tp_swav`` or the ``swav`` baseline) on the training split's vertebrae.
+
+    The ChannelNorm is fitted here, on ``frame`` (training split only), and travels in the bundle.
+    """
+    mcfg, tcfg = ModelConfig.from_params(params), TrainConfig.from_params(params, "pretrain")
+    norm = ChannelNorm.fit(TexturePoolDataset(frame, interim_dir).iter_raw_pools())
+    dataset = TexturePoolDataset(frame, interim_dir, norm, device_vendors=mcfg.moe.device_vendors)
+    seed_everything(tcfg.seed)
+    model = SwAVModel(build_backbone(mcfg.backbone), mcfg.swav)
+    res = fit(model, SwAVObjective(mcfg.swav, method, tcfg.seed), dataset, tcfg, Path(out_dir),
+              params_digest=_digest(params, method), extra_state={"norm": norm.state_dict(), "method": method},
+              log_metrics=log_metrics, resume=resume)
+    bundle = Path(out_dir) / "encoder.pt"
+    torch.save({"encoder": res.model.encoder.state_dict(), "norm": norm.state_dict(), "method": method,
+                "model_config": mcfg.to_dict(), "steps": res.steps}, bundle)
+    return StageResult(bundle, res.steps, res.last_metrics)
+
+
+def run_finetune(params: Mapping[str, Any], train_frame: pd.DataFrame, interim_dir: Path, out_dir: Path,
+                 init_encoder: Path | None = None, valid_frame: pd.DataFrame | None = None,
+                 log_metrics: MetricsCallback | None = None, resume: bool = True) -> StageResult:
+    """MoE multi-task fine-tuning (Eq. 4) on labeled training vertebrae, from scratch or a pretrained encoder.
+
+    With ``init_encoder`` the pretraining bundle's ChannelNorm is reused (the encoder was trained on it);
+    otherwise it is fitted on ``train_frame``. With ``valid_frame`` the operating threshold (best
+    specificity at sensitivity >= ``model.companion.min_sensitivity``) is chosen and stored.
+    """
+    mcfg, tcfg = ModelConfig.from_params(params), TrainConfig.from_params(params, "finetune")
+    init = torch.load(init_encoder, map_location="cpu", weights_only=False) if init_encoder else None
+    norm = (ChannelNorm.from_state_dict(init["norm"]) if init
+            else ChannelNorm.fit(TexturePoolDataset(train_frame, interim_dir).iter_raw_pools()))
+    dataset = TexturePoolDataset(train_frame, interim_dir, norm, device_vendors=mcfg.moe.device_vendors)
+    seed_everything(tcfg.seed)
+    model = MultiTaskModel(build_backbone(mcfg.backbone), mcfg.moe)
+    if init:
+        model.encoder.load_state_dict(init["encoder"])       # raises on an architecture mismatch
+    tag = f"finetune:{init['method'] if init else 'scratch'}"
+    res = fit(model, MultiTaskObjective(mcfg.moe), dataset, tcfg, Path(out_dir), params_digest=_digest(params, tag),
+              extra_state={"norm": norm.state_dict(), "init": tag}, log_metrics=log_metrics, resume=resume)
+    threshold = None
+    if valid_frame is not None and len(valid_frame):
+        pred = predict_frame(res.model, norm, valid_frame, interim_dir, mcfg.moe)
+        labels = (valid_frame["who_class"].to_numpy() == 2).astype(int)
+        threshold = select_threshold(pred["score"].to_numpy(), labels, mcfg.companion.min_sensitivity)
+    bundle = Path(out_dir) / "model.pt"
+    torch.save({"state_dict": res.model.state_dict(), "norm": norm.state_dict(), "model_config": mcfg.to_dict(),
+                "init": tag, "io": IO_CONTRACT, "threshold": None if threshold is None else threshold.__dict__,
+                "steps": res.steps}, bundle)
+    return StageResult(bundle, res.steps, res.last_metrics, threshold)
+
+
+def load_model(bundle: Path) -> tuple[MultiTaskModel, ChannelNorm, ModelConfig, dict[str, Any]]:
+    """Rebuild a fine-tuned model from ``model.pt``; returns (model in eval mode, norm, config, bundle dict)."""
+    state = torch.load(bundle, map_location="cpu", weights_only=False)
+    cfg_dict = state["model_config"]
+    mcfg = ModelConfig(backbone=BackboneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict["backbone"].items()}),
+                       moe=MoEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict["moe"].items()}),
+                       companion=CompanionConfig(**cfg_dict["companion"]))
+    model = MultiTaskModel(build_backbone(mcfg.backbone), mcfg.moe)
+    model.load_state_dict(state["state_dict"])
+    return model.eval(), ChannelNorm.from_state_dict(state["norm"]), mcfg, state
+
+
+@torch.no_grad()
+def predict_frame(model: MultiTaskModel, norm: ChannelNorm, frame: pd.DataFrame, interim_dir: Path, moe_cfg: MoEConfig,
+                  vendor: str | None = None, batch_size: int = 16, device: str = "auto") -> pd.DataFrame:
+    """Score every vertebra of ``frame``: ``score``, ``bmd_pred`` (g/cm2), ``level_pred``, one row per input row.
+
+    Args:
+        vendor: answer as this DXA vendor for every row ("what would a Hologic say");
+            None uses each row's ``device_vendor``.
+    """
+    rows = frame if vendor is None else frame.assign(device_vendor=vendor)
+    ds = TexturePoolDataset(rows, interim_dir, norm, device_vendors=moe_cfg.device_vendors)
+    dev = resolve_device(device)
+    was_training = model.training
+    model.to(dev).eval()
+    parts = {"score": [], "bmd_pred": [], "level_pred": []}
+    for batch in DataLoader(ds, batch_size=batch_size, shuffle=False):
+        dec = decode_outputs(model(batch["pool"].to(dev), batch["device"].to(dev)), moe_cfg)
+        parts["score"].append(dec["score"].cpu().numpy())
+        parts["bmd_pred"].append(dec["bmd_g_cm2"].cpu().numpy())
+        parts["level_pred"].append(dec["level"].cpu().numpy())
+    model.train(was_training)
+    return pd.DataFrame({k: np.concatenate(v) for k, v in parts.items()}, index=frame.index)

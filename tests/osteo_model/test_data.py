@@ -1,0 +1,74 @@
+"""ChannelNorm statistics and round trip; TexturePoolDataset files, labels, SHA check, workers."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from osteo_model.data import TexturePoolDataset
+from osteo_model.errors import PoolIntegrityError
+from osteo_model.norm import ChannelNorm
+
+
+def _pools(n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    scales = np.array([300.0, 5000.0, 20.0, 80.0, 3.0])[:, None, None, None]
+    return [(rng.normal(1.0, 1.0, (5, 6, 6, 4)) * scales).astype(np.float32) for _ in range(n)]
+
+
+def test_channel_norm_streams_the_same_statistics_as_one_big_array():
+    pools = _pools()
+    pools[1][2, 0, 0, 0] = np.nan                                         # a fill value is ignored
+    norm = ChannelNorm.fit(iter(pools))
+    stacked = np.stack(pools).astype(np.float64)                          # (N, C, X, Y, Z)
+    np.testing.assert_allclose(norm.mean, np.nanmean(stacked, axis=(0, 2, 3, 4)), rtol=1e-10)
+    np.testing.assert_allclose(norm.std, np.nanstd(stacked, axis=(0, 2, 3, 4)), rtol=1e-10)
+    out = np.stack([norm.transform(p) for p in pools])
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    np.testing.assert_allclose(out.mean(axis=(0, 2, 3, 4)), 0, atol=1e-4)
+    back = ChannelNorm.from_state_dict(norm.state_dict())
+    assert back == norm
+    torch.testing.assert_close(back.transform(torch.from_numpy(np.stack(pools))), torch.from_numpy(out))
+
+
+def _write_pools(root, pools):
+    rows = []
+    for i, pool in enumerate(pools):
+        sha = hashlib.sha256(np.ascontiguousarray(pool).tobytes()).hexdigest()
+        rel = f"texture/{sha[:2]}/{sha}.npy"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(root / rel, pool)
+        rows.append({"pool_path": rel, "pool_sha256": sha, "level": 13 + i,
+                     "device_vendor": ["Hologic", "GE Lunar", "MEDIX", None][i],
+                     "who_class": [0, 1, 2, None][i], "bmd_g_cm2": [1.0, 0.8, 0.6, None][i]})
+    return pd.DataFrame(rows)
+
+
+def test_dataset_items_labels_and_workers(tmp_path):
+    pools = _pools()
+    frame = _write_pools(tmp_path, pools)
+    norm = ChannelNorm.fit(pools)
+    ds = TexturePoolDataset(frame, tmp_path, norm, verify=True)
+    item = ds[3]
+    assert item["pool"].shape == (5, 6, 6, 4) and item["pool"].dtype == torch.float32
+    assert item["device"].item() == 3 and item["who_class"].item() == -1 and torch.isnan(item["bmd"])
+    torch.testing.assert_close(ds[0]["pool"], torch.from_numpy(norm.transform(pools[0])))
+    assert TexturePoolDataset(frame, tmp_path, None, view_mode="hu")[0]["pool"].shape == (1, 6, 6, 4)
+    batch = next(iter(DataLoader(ds, batch_size=4, num_workers=2)))
+    assert batch["pool"].shape == (4, 5, 6, 6, 4) and batch["level"].tolist() == [13, 14, 15, 16]
+    assert batch["device"].tolist() == [0, 1, 2, 3]
+
+
+def test_tampered_or_malformed_pool_is_a_typed_error(tmp_path):
+    frame = _write_pools(tmp_path, _pools(2))
+    path = tmp_path / frame.loc[0, "pool_path"]
+    np.save(path, np.load(path) + 1)                                      # same shape, different bytes
+    with pytest.raises(PoolIntegrityError, match="SHA-256"):
+        TexturePoolDataset(frame, tmp_path, verify=True)[0]
+    np.save(tmp_path / frame.loc[1, "pool_path"], np.zeros((3, 4, 4, 4), np.float32))
+    with pytest.raises(PoolIntegrityError, match="osteo texture"):
+        TexturePoolDataset(frame, tmp_path)[1]

@@ -1,0 +1,90 @@
+"""MoE multi-task head: gate properties, Eq. 3 mixture, every loss term by hand, ablations."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from osteo_model.backbones import build_backbone
+from osteo_model.config import MoEConfig
+from osteo_model.moe import LossWeights, MoEHead, MultiTaskModel, decode_outputs, mix_experts, unified_loss
+
+
+def test_gate_weights_sum_to_one_and_depend_on_device(moe_cfg):
+    torch.manual_seed(0)
+    head = MoEHead(16, moe_cfg)
+    p = torch.randn(1, 16).expand(4, 16)                         # same image, four devices
+    out = head(p, torch.arange(4))
+    gate = out["gate"]                                           # (4, 3)
+    assert gate.shape == (4, 3) and (gate > 0).all()
+    torch.testing.assert_close(gate.sum(dim=1), torch.ones(4))
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not torch.allclose(gate[i], gate[j])          # the device changes the mixture
+    # ... and therefore the prediction for the same image ("what would this vendor say").
+    assert not torch.allclose(out["bmd_z"][0], out["bmd_z"][1])
+
+
+def test_output_is_the_gate_weighted_sum_of_experts(moe_cfg):
+    torch.manual_seed(1)
+    head = MoEHead(16, moe_cfg)
+    p, dev = torch.randn(5, 16), torch.tensor([0, 1, 2, 3, 0])
+    out = head(p, dev)
+    e = torch.stack([ex(p) for ex in head.experts], dim=1)      # (5, 3, 8)
+    manual = sum(out["gate"][:, i:i + 1] * e[:, i] for i in range(3))
+    torch.testing.assert_close(mix_experts(e, out["gate"]), manual)
+    torch.testing.assert_close(out["bmd_z"], head.bmd_head(manual).squeeze(-1))
+
+
+def test_no_moe_ablation_ignores_the_device():
+    head = MoEHead(16, MoEConfig(use_moe=False, expert_hidden=8))
+    p = torch.randn(3, 16)
+    a, b = head(p, torch.tensor([0, 1, 2])), head(p, torch.tensor([3, 3, 3]))
+    assert len(head.experts) == 1 and not hasattr(head, "f_g")
+    torch.testing.assert_close(a["class_logits"], b["class_logits"])
+
+
+def _outputs():
+    return {"class_logits": torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]),
+            "bmd_z": torch.tensor([0.0, 1.0, -1.0]),
+            "level_logits": torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [1 / 3, 1 / 3, 1 / 3]]))}
+
+
+def test_each_loss_term_matches_manual_computation():
+    who = torch.tensor([0, 2, -1])                                # third vertebra: no DXA class
+    bmd = torch.tensor([0.9, 1.2, float("nan")])
+    level = torch.tensor([1, 2, 3])
+    total, parts = unified_loss(_outputs(), who, bmd, level, LossWeights(1.0, 1.0, 0.5), 0.9, 0.15)
+    # L_class: CE of targets [0, 1] (osteoporosis = who 2) on the first two rows.
+    l_class = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.e / (1 + math.e))) / 2
+    # L_BMD: z targets [0, 2] vs predictions [0, 1].
+    l_bmd = (0.0 + 1.0) / 2
+    # L_position: -log p(level) per row: 0.5, 0.8, 1/3.
+    l_pos = -(math.log(0.5) + math.log(0.8) + math.log(1 / 3)) / 3
+    assert abs(parts["class"].item() - l_class) < 1e-5
+    assert abs(parts["bmd"].item() - l_bmd) < 1e-5
+    assert abs(parts["position"].item() - l_pos) < 1e-5
+    assert abs(total.item() - (l_class + l_bmd + 0.5 * l_pos)) < 1e-5
+
+
+def test_class_only_ablation_and_missing_labels_give_zero_terms():
+    w = LossWeights.from_config(MoEConfig(class_only=True))
+    assert (w.alpha, w.beta, w.gamma) == (1.0, 0.0, 0.0)
+    out = {k: v.clone().requires_grad_(True) for k, v in _outputs().items()}
+    total, parts = unified_loss(out, torch.full((3,), -1), torch.full((3,), float("nan")),
+                                torch.tensor([1, 2, 3]), LossWeights(), 0.9, 0.15)
+    assert parts["class"].item() == 0.0 and parts["bmd"].item() == 0.0
+    total.backward()                                               # still differentiable
+    assert out["class_logits"].grad.abs().sum() == 0 and out["level_logits"].grad.abs().sum() > 0
+
+
+def test_full_model_shapes_and_decoding(backbone_cfg, moe_cfg, dataset):
+    model = MultiTaskModel(build_backbone(backbone_cfg), moe_cfg)
+    out = model(dataset.pool[:4], dataset.device[:4])
+    assert out["class_logits"].shape == (4, 2) and out["level_logits"].shape == (4, 18)
+    dec = decode_outputs(out, moe_cfg)
+    assert ((dec["score"] >= 0) & (dec["score"] <= 1)).all()
+    torch.testing.assert_close(dec["score"], F.softmax(out["class_logits"], -1)[:, 1])
+    torch.testing.assert_close(dec["bmd_g_cm2"], out["bmd_z"] * 0.15 + 0.9)
+    assert dec["level"].min() >= 1 and dec["level"].max() <= 18
