@@ -22,7 +22,9 @@ DATE_COLUMNS: tuple[str, ...] = ("ct_date", "dxa_date")
 
 
 def who_class_from_t_score(t_score: pd.Series, thresholds: tuple[float, float]) -> pd.Series:
-    """WHO category from a T-score: 0 normal (T >= -1), 1 osteopenia, 2 osteoporosis (T <= -2.5).
+    """WHO category from a T-score: 0 normal (T > -1), 1 osteopenia, 2 osteoporosis (T <= -2.5).
+
+    The cut-offs follow METHOD.md §1 (normal > -1; osteopenia -1..-2.5), as ingestion does.
 
     Args:
         t_score: T-scores in SD; NaN stays NaN.
@@ -33,7 +35,7 @@ def who_class_from_t_score(t_score: pd.Series, thresholds: tuple[float, float]) 
     """
     osteopenia, osteoporosis = thresholds
     t = pd.to_numeric(t_score, errors="coerce")
-    cls = np.where(t <= osteoporosis, 2.0, np.where(t < osteopenia, 1.0, 0.0))
+    cls = np.where(t <= osteoporosis, 2.0, np.where(t <= osteopenia, 1.0, 0.0))
     return pd.Series(np.where(t.isna(), np.nan, cls), index=t_score.index)
 
 

@@ -32,7 +32,7 @@ def _hex(text: str, n: int = 32) -> str:
 
 
 def _who(t: float) -> int:
-    return 2 if t <= -2.5 else (1 if t < -1.0 else 0)
+    return 2 if t <= -2.5 else (1 if t <= -1.0 else 0)
 
 
 def build_tables(root: Path) -> dict[str, pd.DataFrame]:

@@ -12,10 +12,10 @@ from data_checks import ChecksConfig
 from data_checks.derive import derive, pool_file_checks, who_class_from_t_score
 
 
-def test_who_class_thresholds_are_inclusive_as_in_the_who_definition():
+def test_who_class_thresholds_follow_the_method_spec():
     t = pd.Series([0.5, -1.0, -1.01, -2.49, -2.5, -4.0, np.nan])
     out = who_class_from_t_score(t, (-1.0, -2.5))
-    assert out.iloc[:6].tolist() == [0, 0, 1, 1, 2, 2]  # T >= -1 normal, T <= -2.5 osteoporosis
+    assert out.iloc[:6].tolist() == [0, 1, 1, 1, 2, 2]  # METHOD.md §1: normal > -1, osteoporosis <= -2.5
     assert np.isnan(out.iloc[6])
 
 
