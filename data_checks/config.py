@@ -57,7 +57,7 @@ class ChecksConfig:
         window_days: max |CT date - DXA date| of a labelled pair, days (``ingest.dxa_window_days``).
         rows_per_site: (low, high) training rows per site, inclusive.
         class_share: (low, high) fraction of training rows per WHO class, inclusive.
-        artifact_root: folder that ``pool_path``/``roi_path`` are relative to (``paths.interim``).
+        artifact_root: folder that ``pool_path`` is relative to (the texture stage folder, ``<paths.interim>/texture``).
     """
 
     sites: tuple[str, ...] = ("A", "B", "C", "D")
@@ -75,7 +75,7 @@ class ChecksConfig:
     window_days: int = 183
     rows_per_site: tuple[int, int] = (1, 1_000_000)
     class_share: tuple[float, float] = (0.02, 0.95)
-    artifact_root: Path = Path("data/interim")
+    artifact_root: Path = Path("data/interim/texture")
 
     def __post_init__(self) -> None:
         osteopenia, osteoporosis = self.who_thresholds
@@ -118,7 +118,7 @@ class ChecksConfig:
                 window_days=int(ingest["dxa_window_days"]),
                 rows_per_site=_pair(checks, "rows_per_site", int),
                 class_share=_pair(checks, "class_share"),
-                artifact_root=Path(params["paths"]["interim"]),
+                artifact_root=Path(params["paths"]["interim"]) / "texture",
             )
         except KeyError as exc:
             raise ChecksConfigError(

@@ -1,8 +1,9 @@
 """The `osteo` command line: one sub-command per pipeline step.
 
-DVC stages and Prefect tasks call these same entry points (or the library
-functions behind them); nothing here holds step logic. Heavy imports happen
-inside each command so that `osteo --help` stays instant.
+DVC stages run these commands; Prefect tasks call the same functions of
+:mod:`osteo.steps`. Commands only print what a step returned: nothing here
+holds step logic. Heavy imports happen inside each step so `osteo --help`
+stays instant.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Optional
 
 import typer
 
+from osteo import steps
 from osteo.params import load_params
 
 app = typer.Typer(
@@ -21,15 +23,23 @@ app = typer.Typer(
     help="osteo-platform: opportunistic osteoporosis screening from routine CT.",
 )
 cohort_app = typer.Typer(help="Synthetic multi-site cohort: generate it, or report its calibration.")
+features_app = typer.Typer(no_args_is_help=True,
+                           help="Feast feature store: materialize, assemble the training table, time online reads.")
+flow_app = typer.Typer(no_args_is_help=True, help="Prefect flows (embedded local mode by default).")
 app.add_typer(cohort_app, name="cohort")
+app.add_typer(features_app, name="features")
+app.add_typer(flow_app, name="flow")
 
 
 def _params(ctx: typer.Context) -> dict[str, Any]:
     return ctx.obj["params"]
 
 
-def _path(params: dict[str, Any], key: str) -> Path:
-    return Path(params["paths"][key])
+def _timed(label: str, fn, *args, **kwargs) -> Any:
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    typer.echo(f"{label}: {time.perf_counter() - t0:.1f} s")
+    return out
 
 
 @app.callback()
@@ -42,6 +52,7 @@ def main(
     ctx.obj = {"params": load_params(params_file, profile)}
 
 
+# --- data -------------------------------------------------------------------
 @cohort_app.callback(invoke_without_command=True)
 def cohort(
     ctx: typer.Context,
@@ -49,72 +60,138 @@ def cohort(
     n_patients: Optional[int] = typer.Option(None, help="Cap patients per site (quick subsets)."),
 ) -> None:
     """Generate the synthetic multi-site cohort as a hospital-style raw export."""
-    if ctx.invoked_subcommand is not None:
-        return
-    _run_cohort(_params(ctx), sites=site or None, n_patients=n_patients)
-
-
-def _run_cohort(params: dict[str, Any], sites: list[str] | None = None, n_patients: int | None = None) -> Any:
-    from cohort.config import CohortConfig
-    from cohort.simulate import run_cohort
-
-    t0 = time.perf_counter()
-    summary = run_cohort(
-        CohortConfig.from_params(params), _path(params, "raw"), _path(params, "truth"),
-        sites=sites, n_patients=n_patients,
-    )
-    typer.echo(f"cohort: {summary} ({time.perf_counter() - t0:.1f} s)")
-    return summary
+    if ctx.invoked_subcommand is None:
+        typer.echo(f"cohort: {_timed('cohort', steps.cohort, _params(ctx), sites=site or None, n_patients=n_patients)}")
 
 
 @cohort_app.command("report")
-def cohort_report(
-    ctx: typer.Context,
-    out: Path = typer.Option(None, help="Output folder (default: <paths.reports>/cohort)."),
-) -> None:
+def cohort_report(ctx: typer.Context, out: Path = typer.Option(None, help="Output folder (default: <paths.reports>/cohort).")) -> None:
     """Write the cohort calibration report (PNG plots + markdown table)."""
-    from cohort.config import CohortConfig
-    from cohort.report import write_report
-
-    params = _params(ctx)
-    out = out or _path(params, "reports") / "cohort"
-    result = write_report(_path(params, "raw"), _path(params, "truth"), out, CohortConfig.from_params(params))
-    typer.echo(json.dumps(result, indent=2, default=str))
+    typer.echo(json.dumps(steps.cohort_report(_params(ctx), out), indent=2, default=str))
 
 
 @app.command()
 def ingest(ctx: typer.Context) -> None:
     """Ingest CT + masks + DXA: pseudonymise, reorient, resample, extract vertebra ROIs."""
-    _run_ingest(_params(ctx))
-
-
-def _run_ingest(params: dict[str, Any]) -> Any:
-    from features.ingest import IngestConfig, run_ingest
-
-    t0 = time.perf_counter()
-    summary = run_ingest(
-        IngestConfig.from_params(params), _path(params, "raw"), _path(params, "interim") / "ingest",
-        profile=params["profile"],
-    )
-    typer.echo(summary.format())
-    typer.echo(f"ingest: {time.perf_counter() - t0:.1f} s")
-    return summary
+    typer.echo(_timed("ingest", steps.ingest, _params(ctx)).format())
 
 
 @app.command()
 def texture(ctx: typer.Context) -> None:
     """Compute texture pools (HU + 4 GLCM maps) and scalar radiomics per vertebra."""
-    _run_texture(_params(ctx))
+    typer.echo(f"texture: {steps.texture(_params(ctx))}")
 
 
-def _run_texture(params: dict[str, Any]) -> Any:
-    from features.texture_stage import TextureConfig, run_texture
+@app.command()
+def splits(ctx: typer.Context) -> None:
+    """Assign patients to train/valid/test per site (external sites test-only); store table + hash."""
+    s = steps.splits(_params(ctx))
+    typer.echo(f"splits: sha256 {s.sha256[:16]}  " + "  ".join(
+        f"{site}: " + "/".join(f"{k}={v}" for k, v in sorted(c.items())) for site, c in sorted(s.counts.items())))
 
-    t0 = time.perf_counter()
-    interim = _path(params, "interim")
-    summary = run_texture(TextureConfig.from_params(params), interim / "ingest", interim / "texture")
-    typer.echo(f"texture: {summary} ({time.perf_counter() - t0:.1f} s)")
-    return summary
+
+@app.command()
+def validate(
+    ctx: typer.Context,
+    training: bool = typer.Option(False, "--training", help="Validate the assembled training table only."),
+) -> None:
+    """Great Expectations gate: validate the stage tables (or the training table); exit 1 on failure."""
+    from data_checks import ValidationFailedError, format_report, gate
+
+    report = steps.validate(_params(ctx), training=training)
+    typer.echo(format_report(report))
+    try:
+        gate(report)
+    except ValidationFailedError:
+        raise typer.Exit(code=1)
+
+
+# --- feature store -------------------------------------------------------------
+def _echo_materialize(s) -> None:
+    typer.echo("materialize: rows written " + ", ".join(f"{k}={v}" for k, v in s.rows_written.items())
+               + f" (offline: ct={s.ct_rows}, dxa={s.dxa_rows}, duplicate DXA dropped={s.dxa_duplicates_dropped})")
+
+
+def _echo_training_table(s, window_days: int) -> None:
+    p = s.pairing
+    typer.echo(f"training table: {s.rows} labelled vertebrae; by split {s.by_split}; by site {s.by_site}")
+    typer.echo(f"  pairing: vertebrae at L1-L4 {p.get('at_label_levels')}, paired {p.get('paired')}, "
+               f"excluded by the ±{window_days}-day rule {p.get('anchors_excluded_by_window')} "
+               f"(candidate CT/DXA pairs outside the window: {p.get('pairs_outside_window')})")
+
+
+def _echo_latency(lat) -> None:
+    typer.echo(f"online read latency ({lat.backend}, {lat.n} look-ups): p50 {lat.p50_ms:.2f} ms, p99 {lat.p99_ms:.2f} ms")
+
+
+@features_app.command("materialize")
+def features_materialize(ctx: typer.Context, full: bool = typer.Option(False, help="Reload every row.")) -> None:
+    """Apply the Feast repository and materialize incrementally to the online store."""
+    _echo_materialize(steps.materialize(_params(ctx), full=full))
+
+
+@features_app.command("training-table")
+def features_training_table(ctx: typer.Context) -> None:
+    """Pair vertebrae with DXA labels (±window, osteo_training_v1), attach splits, write the table."""
+    params = _params(ctx)
+    _echo_training_table(steps.training_table(params), params["ingest"]["dxa_window_days"])
+
+
+@features_app.command("latency")
+def features_latency(ctx: typer.Context, n: Optional[int] = typer.Option(None, help="Look-ups (default: params).")) -> None:
+    """Time single-vertebra online look-ups through osteo_screening_v1 (p50/p99)."""
+    _echo_latency(steps.latency(_params(ctx), n=n))
+
+
+# --- flows and the main job -------------------------------------------------------
+@flow_app.command("materialize")
+def flow_materialize(ctx: typer.Context) -> None:
+    """Prefect flow: ingest -> texture -> validate -> splits -> materialize -> training table."""
+    run_materialize_flow = _flow_runner(_params(ctx))
+    result = run_materialize_flow(_params(ctx))
+    _print_flow_summary(result, _params(ctx))
+    if result["state"] != "completed":
+        raise typer.Exit(code=1)
+
+
+def _flow_runner(params: dict[str, Any]):
+    from flows.runtime import configure_prefect
+
+    configure_prefect(params)  # before Prefect is imported
+    from flows.materialize import run_materialize_flow
+
+    return run_materialize_flow
+
+
+def _print_flow_summary(result: dict[str, Any], params: dict[str, Any]) -> None:
+    """One screen: data counts, validation, feature-store rows, pairing, online latency."""
+    typer.echo(f"flow materialize_features: {result['state'].upper()}")
+    if result.get("error"):
+        typer.echo(f"  reason: {result['error']}")
+    if "ingest" in result:
+        for kind in ("studies", "vertebrae", "dxa"):
+            c = result["ingest"][kind]
+            why = ", ".join(f"{k} {v}" for k, v in sorted(c["quarantined_by_reason"].items())) or "-"
+            typer.echo(f"  ingest {kind:<9} seen {c['seen']:>5}  ingested {c['ingested']:>5}  quarantined {c['quarantined']:>4} ({why})")
+    if "texture" in result:
+        t = result["texture"]
+        typer.echo(f"  texture   pools {t['seen'] - t['quarantined']:>5}  computed {t['computed']}  reused {t['skipped']}  "
+                   f"quarantined {t['quarantined']}")
+    for key in ("validation", "training_validation"):
+        if key in result:
+            typer.echo(f"  {key.replace('_', ' ')}: {result[key]['summary']}")
+    if "materialize" in result:
+        typer.echo("  feature views (rows written to the online store): "
+                   + ", ".join(f"{k} {v}" for k, v in result["materialize"]["rows_written"].items()))
+    if "training_table" in result:
+        tt, p = result["training_table"], result["training_table"]["pairing"]
+        typer.echo(f"  training table: {tt['rows']} labelled vertebrae {tt['by_split']}; "
+                   f"excluded by the ±{params['ingest']['dxa_window_days']}-day CT/DXA rule: "
+                   f"{p.get('anchors_excluded_by_window')} of {p.get('anchors_with_dxa')} vertebrae with a DXA")
+    if "latency" in result:
+        lat = result["latency"]
+        typer.echo(f"  online read latency ({lat['backend']}, {lat['n']} look-ups): p50 {lat['p50_ms']:.2f} ms, "
+                   f"p99 {lat['p99_ms']:.2f} ms")
 
 
 @app.command("params")
@@ -128,13 +205,17 @@ def show_params(ctx: typer.Context, section: Optional[str] = typer.Argument(None
 
 @app.command()
 def demo(ctx: typer.Context) -> None:
-    """Run the main job on the active profile: cohort -> ingest -> texture, then a summary."""
+    """The main job: cohort, then the materialize_features Prefect flow, then a summary."""
     params = _params(ctx)
+    run_materialize_flow = _flow_runner(params)
     t0 = time.perf_counter()
     typer.echo(f"== osteo demo (profile {params['profile']})")
-    for step in (_run_cohort, _run_ingest, _run_texture):
-        step(params)
+    typer.echo(f"cohort: {_timed('cohort', steps.cohort, params)}")
+    result = run_materialize_flow(params)
+    _print_flow_summary(result, params)
     typer.echo(f"== done in {time.perf_counter() - t0:.0f} s")
+    if result["state"] != "completed":
+        raise typer.Exit(code=1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,7 +25,7 @@ def test_from_params_reads_checks_and_borrows_ingest_keys(params):
     assert cfg.hu_window == tuple(float(v) for v in params["ingest"]["hu_window"])
     assert cfg.window_days == params["ingest"]["dxa_window_days"]
     assert cfg.min_body_voxels == params["ingest"]["min_body_voxels"]
-    assert cfg.artifact_root == Path(params["paths"]["interim"])
+    assert cfg.artifact_root == Path(params["paths"]["interim"]) / "texture"
     assert cfg.who_thresholds[1] < cfg.who_thresholds[0]
 
 

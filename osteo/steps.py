@@ -1,0 +1,119 @@
+"""Pipeline steps as functions of the merged params: the one entry point per step.
+
+The CLI (`osteo ...`, hence the DVC stages) and the Prefect flows both call
+these; each only parses its params section into the library's frozen config,
+resolves the stage folders and calls the library function. No step logic here.
+
+Stage folders (each DVC stage owns one):
+``paths.raw`` / ``paths.truth`` (cohort) → ``<interim>/ingest`` → ``<interim>/texture``
+→ ``<interim>/splits`` → Feast repo (``features_store.repo_dir``) →
+``<paths.data>/processed/training_table.parquet``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+Params = Mapping[str, Any]
+
+
+def path(params: Params, key: str) -> Path:
+    """A folder of the ``paths:`` section."""
+    return Path(params["paths"][key])
+
+
+def ingest_dir(params: Params) -> Path:
+    return path(params, "interim") / "ingest"
+
+
+def texture_dir(params: Params) -> Path:
+    return path(params, "interim") / "texture"
+
+
+def training_table_path(params: Params) -> Path:
+    return path(params, "data") / "processed" / "training_table.parquet"
+
+
+def cohort(params: Params, sites: list[str] | None = None, n_patients: int | None = None, progress: bool = True):
+    """Generate the synthetic cohort as a raw export (``cohort.simulate.run_cohort``)."""
+    from cohort.config import CohortConfig
+    from cohort.simulate import run_cohort
+
+    return run_cohort(CohortConfig.from_params(params), path(params, "raw"), path(params, "truth"),
+                      sites=sites, n_patients=n_patients, progress=progress)
+
+
+def cohort_report(params: Params, out: Path | None = None) -> dict:
+    """Write the cohort calibration report (``cohort.report.write_report``)."""
+    from cohort.config import CohortConfig
+    from cohort.report import write_report
+
+    out = out or path(params, "reports") / "cohort"
+    return write_report(path(params, "raw"), path(params, "truth"), out, CohortConfig.from_params(params))
+
+
+def ingest(params: Params, progress: bool = True):
+    """Raw export → pseudonymised ROIs and tables (``features.ingest.run_ingest``)."""
+    from features.ingest import IngestConfig, run_ingest
+
+    return run_ingest(IngestConfig.from_params(params), path(params, "raw"), ingest_dir(params),
+                      profile=params["profile"], progress=progress)
+
+
+def texture(params: Params, progress: bool = True):
+    """ROIs → texture pools + scalar radiomics (``features.texture_stage.run_texture``)."""
+    from features.texture_stage import TextureConfig, run_texture
+
+    return run_texture(TextureConfig.from_params(params), ingest_dir(params), texture_dir(params), progress=progress)
+
+
+def splits(params: Params):
+    """Patient-level split table + hash (``features.splits.run_splits``)."""
+    from features.splits import SplitConfig, run_splits
+
+    return run_splits(SplitConfig.from_params(params), ingest_dir(params), path(params, "interim"))
+
+
+def validate(params: Params, training: bool = False):
+    """Run the Great Expectations suites; returns the report (``data_checks.gate`` stops on it).
+
+    Args:
+        params: merged params.
+        training: validate only the assembled training table (after materialization);
+            otherwise the stage tables (vertebrae, DXA, texture, radiomics).
+    """
+    from data_checks import ChecksConfig, read_tables, run_checks
+
+    if training:
+        tables = {"training": read_tables(path(params, "interim"), training=training_table_path(params))["training"]}
+    else:
+        tables = read_tables(path(params, "interim"))
+    docs = path(params, "reports") / "data_docs" / ("training" if training else "tables")
+    return run_checks(tables, ChecksConfig.from_params(params), docs_dir=docs)
+
+
+def materialize(params: Params, full: bool = False):
+    """Apply the Feast repo and materialize incrementally (``features.store.materialize``)."""
+    from features.store import FeatureStoreConfig, materialize as _materialize
+
+    cfg = FeatureStoreConfig.from_params(params)
+    return _materialize(cfg, ingest_dir(params), texture_dir(params), Path(cfg.repo_dir), full=full)
+
+
+def training_table(params: Params):
+    """Pair vertebrae with DXA labels through ``osteo_training_v1`` and attach splits."""
+    from features.splits import SplitConfig
+    from features.store import FeatureStoreConfig
+    from features.training_table import build_training_table
+
+    cfg = FeatureStoreConfig.from_params(params)
+    splits_path = path(params, "interim") / SplitConfig.from_params(params).file
+    return build_training_table(cfg, Path(cfg.repo_dir), splits_path, training_table_path(params))
+
+
+def latency(params: Params, n: int | None = None):
+    """Time online look-ups through ``osteo_screening_v1`` (``features.store.online_latency``)."""
+    from features.store import FeatureStoreConfig, online_latency
+
+    cfg = FeatureStoreConfig.from_params(params)
+    return online_latency(cfg, Path(cfg.repo_dir), n=n)
