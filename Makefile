@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROFILE ?= demo
 
-.PHONY: demo test venv lock bench clean-data
+.PHONY: demo test venv lock bench repro clean-data
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
@@ -25,6 +25,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Rebuild the pipeline with DVC (only what changed); the venv's tools on PATH.
+repro: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/texture.py

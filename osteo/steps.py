@@ -88,8 +88,23 @@ def validate(params: Params, training: bool = False):
         tables = {"training": read_tables(path(params, "interim"), training=training_table_path(params))["training"]}
     else:
         tables = read_tables(path(params, "interim"))
-    docs = path(params, "reports") / "data_docs" / ("training" if training else "tables")
-    return run_checks(tables, ChecksConfig.from_params(params), docs_dir=docs)
+    name = "training" if training else "tables"
+    report = run_checks(tables, ChecksConfig.from_params(params), docs_dir=path(params, "reports") / "data_docs" / name)
+    _write_validation_summary(report, path(params, "reports") / "validation" / f"{name}.json")
+    return report
+
+
+def _write_validation_summary(report, out: Path) -> None:
+    """Counts only (no values): the DVC output of the validate stages and a record for reviewers."""
+    import json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "success": report.success,
+        "suites": {s.suite: {"evaluated": s.evaluated, "failed": s.failed, "rows": s.rows} for s in report.suites},
+        "failures": [{"suite": f.suite, "expectation": f.expectation_type, "column": f.column,
+                      "unexpected_count": f.unexpected_count} for f in report.failures],
+    }, indent=2, sort_keys=True))
 
 
 def materialize(params: Params, full: bool = False):
