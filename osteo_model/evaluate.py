@@ -1,0 +1,428 @@
+"""Evaluation of one model's test predictions: per site, pooled, vertebra and patient level (METHOD.md §6).
+
+Entry points:
+
+* :func:`evaluate_predictions` (pure): predictions -> JSON-able metrics dict.
+* :func:`write_evaluation` (I/O shell): metrics.json, DVC plot files, PNG plots and a
+  self-contained HTML report with the plots embedded as base64.
+
+The threshold is the one stored with the model version (chosen on validation
+data); it is never re-tuned here. Layout of the metrics dict::
+
+    {"threshold": t, "sites": [...], "external_sites": [...], "n_boot": B, "ci_level": 0.95,
+     "site_A": {"vertebra": {"acc": .., "acc_lo": .., "acc_hi": .., ..., "bmd_r": .., "cal_slope": ..},
+                "patient": {...}},
+     ..., "internal": {...}, "external": {...}, "pooled": {...},
+     "subgroups": {"sex": {"F": {"n": .., "sen": ..}, ...}, "age_band": {...}, "scanner": {...}},
+     "vs_champion": {"site_A": {"patient": {"f1": {"diff", "lo", "hi", "p"}, ..., "mcnemar": {"b", "c", "p"}}}},
+     "baselines": {"<name>": {"site_A": {"vertebra": {...}, "patient": {...}}, ...}}}
+
+Undefined numbers (NaN, see :mod:`osteo_model.metrics`) become ``null`` so the
+file is strict JSON and a gate sees them as missing. No torch here.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from osteo_model import metrics as M
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("patient_id", "site", "level", "y_true", "score")
+LEVELS: tuple[str, ...] = ("vertebra", "patient")
+
+
+class EvaluationError(ValueError):
+    """Predictions or the ``evaluate:`` section cannot produce a valid evaluation."""
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The ``evaluate:`` section of params.yaml (units and ranges are commented there)."""
+
+    sites: tuple[str, ...] = ("A", "B", "C", "D")
+    external_sites: tuple[str, ...] = ("D",)
+    n_boot: int = 1000
+    ci_level: float = 0.95
+    seed: int = 20260601
+    ci_metrics: tuple[str, ...] = ("acc", "sen", "spe", "f1", "auroc", "auprc", "bmd_r", "bmd_mae")
+    compare_metrics: tuple[str, ...] = ("acc", "sen", "spe", "f1", "auroc")
+    reliability_bins: int = 10
+    age_bands: tuple[float, ...] = (60.0, 70.0, 80.0)
+    subgroups: tuple[str, ...] = ("sex", "age_band", "scanner")
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, msg: str) -> None:
+            if not ok:
+                raise EvaluationError(f"evaluate.{msg}; fix it in params.yaml")
+        check(len(self.sites) > 0 and set(self.external_sites) <= set(self.sites),
+              f"external_sites {list(self.external_sites)} must be a subset of sites {list(self.sites)}")
+        check(self.n_boot >= 1, f"n_boot={self.n_boot} must be >= 1")
+        check(0.0 < self.ci_level < 1.0, f"ci_level={self.ci_level} must lie in (0, 1)")
+        check(self.reliability_bins >= 2, f"reliability_bins={self.reliability_bins} must be >= 2")
+        check(list(self.age_bands) == sorted(self.age_bands), "age_bands must be increasing")
+        check(set(self.subgroups) <= {"sex", "age_band", "scanner", "site"},
+              f"subgroups {list(self.subgroups)}: choose from sex, age_band, scanner, site")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "EvaluateConfig":
+        """Parse ``params['evaluate']`` (unknown keys are an error)."""
+        section = dict(params.get("evaluate") or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = set(section) - known
+        if unknown:
+            raise EvaluationError(f"evaluate: unknown keys {sorted(unknown)}; valid keys are {sorted(known)}")
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+        return cls(**values)
+
+
+def _clean(value: Any) -> Any:
+    """NaN/inf -> None, numpy scalars -> Python, recursively (strict JSON)."""
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _check_frame(pred: pd.DataFrame, what: str) -> pd.DataFrame:
+    missing = [c for c in REQUIRED_COLUMNS if c not in pred.columns]
+    if missing:
+        raise EvaluationError(f"{what} lacks columns {missing}; predictions need {list(REQUIRED_COLUMNS)}")
+    if not pred["y_true"].isin([0, 1]).all():
+        raise EvaluationError(f"{what}.y_true must be 0/1 (1 = osteoporosis, WHO T <= -2.5)")
+    s = pred["score"].to_numpy(dtype=np.float64)
+    if not (np.isfinite(s).all() and (s >= 0).all() and (s <= 1).all()):
+        raise EvaluationError(f"{what}.score must be finite and within [0, 1]")
+    out = pred.copy()
+    out["site"] = out["site"].astype(str)
+    return out
+
+
+class _Rows:
+    """Arrays of one scope/level, and the statistic the bootstrap evaluates on row subsets."""
+
+    def __init__(self, frame: pd.DataFrame, threshold: float, keys: tuple[str, ...]) -> None:
+        self.pid = frame["patient_id"].to_numpy()
+        self.site = frame["site"].to_numpy()
+        self.y = frame["y_true"].to_numpy(dtype=np.int64)
+        self.s = frame["score"].to_numpy(dtype=np.float64)
+        self.t, self.keys = threshold, keys
+        self.bmd: tuple[np.ndarray, np.ndarray] | None = None       # (true, predicted) g/cm2 when both given
+        if {"bmd_true", "bmd_pred"} <= set(frame.columns):
+            self.bmd = (frame["bmd_true"].to_numpy(dtype=np.float64), frame["bmd_pred"].to_numpy(dtype=np.float64))
+
+    def _bmd(self, idx: np.ndarray) -> dict[str, float]:
+        if self.bmd is None:
+            return {}
+        bt, bp = self.bmd[0][idx], self.bmd[1][idx]
+        ok = np.isfinite(bt) & np.isfinite(bp)                        # unlabelled vertebrae carry NaN BMD
+        return {"bmd_r": M.pearson_r(bt[ok], bp[ok]), "bmd_mae": M.mae(bt[ok], bp[ok]), "n_bmd": int(ok.sum())}
+
+    def stat(self, idx: np.ndarray) -> dict[str, float]:
+        out = M.score_metrics(self.y[idx], self.s[idx], self.t)
+        out.update(self._bmd(idx))
+        return {k: out[k] for k in self.keys if k in out}
+
+    def point(self, n_bins: int) -> dict[str, float]:
+        everything = np.arange(self.y.size)
+        out: dict[str, float] = {"n": int(self.y.size), "n_pos": int(self.y.sum()),
+                                 "n_patients": int(pd.unique(self.pid).size)}
+        out.update(M.score_metrics(self.y, self.s, self.t))
+        slope, intercept = M.calibration_fit(self.y, self.s)
+        out.update(cal_slope=slope, cal_intercept=intercept,
+                   ece=M.expected_calibration_error(M.reliability_bins(self.y, self.s, n_bins)))
+        out.update(self._bmd(everything))
+        return out
+
+
+def _level_metrics(frame: pd.DataFrame, threshold: float, cfg: EvaluateConfig) -> dict[str, float]:
+    rows = _Rows(frame, threshold, cfg.ci_metrics)
+    out = rows.point(cfg.reliability_bins)
+    if rows.y.size == 0:
+        return out
+    ci = M.bootstrap_ci(rows.pid, rows.site, rows.stat, cfg.n_boot, cfg.seed, cfg.ci_level)
+    for k, (lo, hi) in ci.items():
+        out[f"{k}_lo"], out[f"{k}_hi"] = lo, hi
+    return out
+
+
+def scopes(cfg: EvaluateConfig) -> dict[str, tuple[str, ...]]:
+    """Scope name -> the sites it pools: ``site_<X>`` each, ``internal``, ``external``, ``pooled``."""
+    internal = tuple(s for s in cfg.sites if s not in cfg.external_sites)
+    out: dict[str, tuple[str, ...]] = {f"site_{s}": (s,) for s in cfg.sites}
+    out.update(internal=internal, external=tuple(cfg.external_sites), pooled=tuple(cfg.sites))
+    return out
+
+
+def _model_block(pred: pd.DataFrame, threshold: float, cfg: EvaluateConfig) -> dict[str, Any]:
+    patients = M.patient_table(pred, threshold)
+    block: dict[str, Any] = {}
+    for scope, sites in scopes(cfg).items():
+        v = pred[pred["site"].isin(sites)]
+        p = patients[patients["site"].isin(sites)]
+        block[scope] = {"vertebra": _level_metrics(v, threshold, cfg), "patient": _level_metrics(p, threshold, cfg)}
+    return block
+
+
+def _subgroups(patients: pd.DataFrame, cfg: EvaluateConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    table = patients.copy()
+    if "age_at_ct" in table.columns:
+        table["age_band"] = M.age_band(table["age_at_ct"], cfg.age_bands)
+    for attr in cfg.subgroups:
+        if attr not in table.columns:
+            continue                                 # absent here -> absent in metrics -> a subgroup gate fails
+        sub = M.subgroup_table(table.dropna(subset=[attr]), attr)
+        out[attr] = {r["value"]: {k: r[k] for k in ("n", "n_pos", "acc", "sen", "spe", "f1", "auroc")}
+                     for r in sub.to_dict("records")}
+    return out
+
+
+def _compare(pred: pd.DataFrame, threshold: float, champion: pd.DataFrame, champion_threshold: float,
+             cfg: EvaluateConfig) -> dict[str, Any]:
+    """Paired bootstrap and McNemar vs the champion on the patients both models scored."""
+    a = M.patient_table(pred, threshold)
+    b = M.patient_table(champion, champion_threshold)
+    both = a.merge(b[["patient_id", "y_true", "score", "y_pred"]], on="patient_id", suffixes=("", "_ch"))
+    if (both["y_true"] != both["y_true_ch"]).any():
+        raise EvaluationError("candidate and champion predictions disagree on y_true for some patients: "
+                              "score both models on the same test table")
+    out: dict[str, Any] = {"n_patients_common": int(len(both)), "n_patients_candidate": int(len(a)),
+                           "champion_threshold": champion_threshold}
+    for scope, sites in scopes(cfg).items():
+        f = both[both["site"].isin(sites)].reset_index(drop=True)
+        if f.empty:
+            out[scope] = {"patient": {}}
+            continue
+        cand = _Rows(f, threshold, cfg.compare_metrics)
+        champ = _Rows(f.assign(score=f["score_ch"]), champion_threshold, cfg.compare_metrics)
+        res: dict[str, Any] = M.paired_bootstrap(cand.pid, cand.site, cand.stat, champ.stat,
+                                                 cfg.n_boot, cfg.seed, cfg.ci_level)
+        res["mcnemar"] = M.mcnemar(f["y_pred"] == f["y_true"], f["y_pred_ch"] == f["y_true"])
+        out[scope] = {"patient": res}
+    return out
+
+
+def evaluate_predictions(pred: pd.DataFrame, cfg: EvaluateConfig, threshold: float,
+                         champion_pred: pd.DataFrame | None = None, champion_threshold: float | None = None,
+                         baselines: Mapping[str, tuple[pd.DataFrame, float]] | None = None) -> dict[str, Any]:
+    """Evaluate test predictions per site and pooled, at vertebra and patient level.
+
+    Args:
+        pred: one row per vertebra: ``patient_id``, ``site``, ``level``, ``y_true`` (0/1),
+            ``score`` (0-1); optional ``sex``, ``age_at_ct``, ``scanner``, ``bmd_true``, ``bmd_pred``.
+        cfg: the ``evaluate:`` section.
+        threshold: the operating threshold stored with the model version (never tuned on test data).
+        champion_pred: the current champion's predictions on the same test vertebrae (optional).
+        champion_threshold: the champion's own stored threshold (required with ``champion_pred``).
+        baselines: name -> (predictions, threshold) of the baselines shown beside the model
+            (L1-HU rule, radiomics + logistic regression), evaluated the same way.
+
+    Returns:
+        The JSON-able metrics dict described in the module docstring.
+
+    Raises:
+        EvaluationError: missing columns, labels not 0/1, scores outside [0, 1], or a
+            champion without its threshold.
+    """
+    pred = _check_frame(pred, "pred")
+    if not 0.0 <= threshold <= 1.0:
+        raise EvaluationError(f"threshold {threshold} is outside [0, 1]: pass the threshold stored with the model")
+    present = set(pred["site"])
+    out: dict[str, Any] = {"threshold": float(threshold), "sites": list(cfg.sites),
+                           "external_sites": list(cfg.external_sites), "n_boot": cfg.n_boot,
+                           "ci_level": cfg.ci_level, "seed": cfg.seed,
+                           "missing_sites": [s for s in cfg.sites if s not in present],
+                           "unexpected_sites": sorted(present - set(cfg.sites))}
+    out.update(_model_block(pred, threshold, cfg))
+    out["subgroups"] = _subgroups(M.patient_table(pred, threshold), cfg)
+    if champion_pred is not None:
+        if champion_threshold is None:
+            raise EvaluationError("champion_pred given without champion_threshold: "
+                                  "pass the champion's stored threshold")
+        out["vs_champion"] = _compare(pred, threshold, _check_frame(champion_pred, "champion_pred"),
+                                      float(champion_threshold), cfg)
+    if baselines:
+        out["baselines"] = {name: _model_block(_check_frame(f, f"baseline {name}"), float(t), cfg)
+                            for name, (f, t) in baselines.items()}
+    return _clean(out)
+
+# --------------------------------------------------------------------------- I/O shell: files, plots, report
+
+_HEADLINE = ("n_patients", "n", "n_pos", "acc", "sen", "spe", "f1", "auroc", "auprc", "bmd_r", "bmd_mae",
+             "cal_slope", "cal_intercept", "ece", "brier")
+
+
+def _fmt(v: Any, lo: Any = None, hi: Any = None, percent: bool = False) -> str:
+    """``value [lo, hi]``: percentages with 1 decimal, other metrics with 3, counts as integers."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, int):
+        return str(v)
+    f = ".1f" if percent else ".3f"
+    text = format(v, f)
+    if lo is not None and hi is not None:
+        text += f" [{format(lo, f)}, {format(hi, f)}]"
+    return text
+
+
+def metrics_table(metrics: Mapping[str, Any], level: str) -> pd.DataFrame:
+    """Human-readable table (rows: scopes; cells: value [CI]) of one level of a metrics dict."""
+    rows = []
+    for scope in [f"site_{s}" for s in metrics["sites"]] + ["internal", "external", "pooled"]:
+        m = (metrics.get(scope) or {}).get(level) or {}
+        rows.append({"scope": scope, **{k: _fmt(m.get(k), m.get(f"{k}_lo"), m.get(f"{k}_hi"), k in M.BINARY_KEYS)
+                                        for k in _HEADLINE if k in m}})
+    return pd.DataFrame(rows)
+
+
+def _png(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _plots(pred: pd.DataFrame, patients: pd.DataFrame, metrics: Mapping[str, Any], out: Path,
+           n_bins: int) -> list[Path]:
+    from matplotlib.figure import Figure  # Figure without pyplot: no global backend state
+
+    sites, t = list(metrics["sites"]), float(metrics["threshold"])
+    written = []
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
+    for scope, frame in [(f"site_{s}", patients[patients["site"] == s]) for s in sites] + [("pooled", patients)]:
+        if frame["y_true"].nunique() < 2:
+            continue
+        roc = M.roc_points(frame["y_true"], frame["score"])
+        auc = (metrics.get(scope) or {}).get("patient", {}).get("auroc")
+        ax.plot(roc["fpr"], roc["tpr"], lw=2 if scope == "pooled" else 1.2, label=f"{scope} (AUROC {_fmt(auc)})")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"Patient-level ROC (threshold {t:.3f})")
+    ax.legend(loc="lower right", fontsize=8)
+    _png(fig, out / "roc.png")
+    written.append(out / "roc.png")
+
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
+    for scope, frame in [(f"site_{s}", pred[pred["site"] == s]) for s in sites] + [("pooled", pred)]:
+        if frame.empty:
+            continue
+        b = M.reliability_bins(frame["y_true"], frame["score"], n_bins)
+        b = b[b["n"] > 0]
+        ax.plot(b["mean_score"], b["frac_pos"], marker="o", ms=3, lw=2 if scope == "pooled" else 1, label=scope)
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax.set(xlabel="mean predicted score", ylabel="observed osteoporosis fraction", xlim=(0, 1), ylim=(0, 1),
+           title="Reliability (vertebra level)")
+    ax.legend(fontsize=8)
+    _png(fig, out / "reliability.png")
+    written.append(out / "reliability.png")
+
+    scopes_ = [(f"site_{s}", patients[patients["site"] == s]) for s in sites] + [("pooled", patients)]
+    fig = Figure(figsize=(2.6 * len(scopes_), 2.8))
+    for ax, (scope, frame) in zip(np.atleast_1d(fig.subplots(1, len(scopes_))), scopes_):
+        c = M.confusion(frame["y_true"], frame["y_pred"])
+        mat = np.array([[c.tn, c.fp], [c.fn, c.tp]])
+        ax.imshow(mat, cmap="Blues")
+        for (i, j), v in np.ndenumerate(mat):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > mat.max() / 2 else "black")
+        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["pred -", "pred +"], yticklabels=["true -", "true +"],
+               title=scope)
+    _png(fig, out / "confusion.png")
+    written.append(out / "confusion.png")
+    return written
+
+
+def _html(metrics: Mapping[str, Any], images: Mapping[str, Path]) -> str:
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>osteo evaluation</title><style>",
+             "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:12px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}h2{margin-top:1.5em}",
+             "</style></head><body><h1>Model evaluation</h1>",
+             f"<p>Operating threshold {metrics['threshold']:.4f} (stored with the model, not tuned on test data); "
+             f"{metrics['n_boot']} patient-level bootstrap replicates stratified by site, "
+             f"{100 * metrics['ci_level']:.0f}% percentile intervals. ACC/SEN/SPE/F1 in percent. "
+             "Patient positive if any vertebra is positive (truth and prediction).</p>"]
+    if metrics.get("missing_sites"):
+        parts.append(f"<p><b>Sites without predictions: {html.escape(str(metrics['missing_sites']))}</b></p>")
+    for level in LEVELS:
+        parts.append(f"<h2>{level.capitalize()} level</h2>" + metrics_table(metrics, level).to_html(index=False))
+    for attr, groups in (metrics.get("subgroups") or {}).items():
+        frame = pd.DataFrame([{"value": k, **{c: _fmt(x, percent=c in M.BINARY_KEYS) for c, x in v.items()}}
+                              for k, v in groups.items()])
+        parts.append(f"<h2>Subgroups: {html.escape(attr)} (patient level, all sites)</h2>" + frame.to_html(index=False))
+    comp = metrics.get("vs_champion")
+    if comp:
+        rows = []
+        for scope, block in comp.items():
+            if not isinstance(block, Mapping) or not block.get("patient"):
+                continue
+            for k, v in block["patient"].items():
+                rows.append({"scope": scope, "metric": k, **{c: _fmt(x) for c, x in v.items()}})
+        parts.append(f"<h2>Paired comparison vs champion ({comp['n_patients_common']} common patients)</h2>"
+                     + pd.DataFrame(rows).fillna("").to_html(index=False))
+    for name, block in (metrics.get("baselines") or {}).items():
+        parts.append(f"<h2>Baseline: {html.escape(name)} (patient level)</h2>"
+                     + metrics_table({**block, "sites": metrics["sites"]}, "patient").to_html(index=False))
+    for title, path in images.items():
+        data = base64.b64encode(path.read_bytes()).decode()
+        parts.append(f"<h2>{html.escape(title)}</h2>"
+                     f"<img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
+    parts.append("<h2>Raw metrics</h2><pre>" + html.escape(json.dumps(metrics, indent=1)) + "</pre></body></html>")
+    return "\n".join(parts)
+
+
+def write_evaluation(metrics: Mapping[str, Any], pred: pd.DataFrame, out_dir: str | Path,
+                     reliability_bins: int = 10) -> list[Path]:
+    """Write the evaluation files and return their paths.
+
+    Files under ``out_dir``: ``metrics.json`` (for ``dvc metrics show``), ``plots/roc_patient_<scope>.csv``
+    (fpr, tpr, threshold), ``plots/reliability_vertebra_pooled.csv``, ``plots/confusion_patient.csv``
+    (site, actual, predicted; DVC confusion template), ``roc.png``, ``reliability.png``,
+    ``confusion.png`` and ``report.html`` (self-contained, plots embedded as base64).
+
+    Args:
+        metrics: the dict returned by :func:`evaluate_predictions` for ``pred``.
+        pred: the same predictions (vertebra rows).
+        out_dir: output folder (created).
+        reliability_bins: bins of the reliability files (use ``cfg.reliability_bins``).
+    """
+    out = Path(out_dir)
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    pred = _check_frame(pred, "pred")
+    patients = M.patient_table(pred, float(metrics["threshold"]))
+    written: list[Path] = []
+    (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    written.append(out / "metrics.json")
+    for s in list(metrics["sites"]) + ["pooled"]:
+        frame = patients if s == "pooled" else patients[patients["site"] == s]
+        scope = "pooled" if s == "pooled" else f"site_{s}"
+        if frame["y_true"].nunique() < 2:
+            continue
+        roc = M.roc_points(frame["y_true"], frame["score"])
+        roc["threshold"] = roc["threshold"].clip(upper=1.0)          # inf start point -> 1.0 (CSV-friendly)
+        roc[["fpr", "tpr", "threshold"]].to_csv(plots / f"roc_patient_{scope}.csv", index=False)
+        written.append(plots / f"roc_patient_{scope}.csv")
+    rel = M.reliability_bins(pred["y_true"], pred["score"], reliability_bins)
+    rel[rel["n"] > 0].to_csv(plots / "reliability_vertebra_pooled.csv", index=False)
+    written.append(plots / "reliability_vertebra_pooled.csv")
+    conf = pd.DataFrame({"site": patients["site"], "actual": patients["y_true"], "predicted": patients["y_pred"]})
+    conf.to_csv(plots / "confusion_patient.csv", index=False)
+    written.append(plots / "confusion_patient.csv")
+    images = _plots(pred, patients, metrics, out, reliability_bins)
+    written.extend(images)
+    titles = {"roc.png": "ROC per site (patient level)", "reliability.png": "Reliability diagram",
+              "confusion.png": "Confusion matrices (patient level)"}
+    (out / "report.html").write_text(_html(metrics, {titles[p.name]: p for p in images}))
+    written.append(out / "report.html")
+    return written

@@ -1,0 +1,94 @@
+"""Registry test fixtures: a migrated MLflow SQLite DB (built once, copied per test) and a tiny pyfunc model."""
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from registry.gates import CalibrationRule, DropRule, GateRule, GatesConfig, SubgroupRule
+
+
+def tiny_model_class():
+    import mlflow.pyfunc
+
+    class Tiny(mlflow.pyfunc.PythonModel):
+        """Scores a vertebra from its L1 HU: a logistic map, enough to be a loadable model."""
+
+        def __init__(self, offset: float = 0.0) -> None:
+            self.offset = offset
+
+        def predict(self, context, model_input: pd.DataFrame, params=None):
+            return 1.0 / (1.0 + (2.718281828 ** ((model_input["hu"] - 130.0 - self.offset) / 20.0)))
+
+    return Tiny
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory) -> Path:
+    """An empty MLflow tracking DB with the schema migrated (migrations take seconds: do them once)."""
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+class Tracking:
+    """A per-test tracking URI, an experiment with artifacts under tmp_path, and a model logger."""
+
+    def __init__(self, uri: str, artifacts: Path) -> None:
+        from mlflow import MlflowClient
+
+        self.uri, self.artifacts = uri, artifacts
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        self.experiment_id = self.client.create_experiment(f"models-{uuid.uuid4().hex[:6]}",
+                                                           artifact_location=artifacts.as_uri())
+
+    def log_model(self, offset: float = 0.0) -> str:
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(experiment_id=self.experiment_id):
+            info = mlflow.pyfunc.log_model(name="model", python_model=tiny_model_class()(offset),
+                                           input_example=pd.DataFrame({"hu": [100.0, 180.0]}),
+                                           pip_requirements=["mlflow"])
+        return info.model_uri
+
+
+@pytest.fixture
+def tracking(template_db, tmp_path) -> Tracking:
+    db = tmp_path / "mlflow.db"
+    shutil.copy(template_db, db)
+    return Tracking(f"sqlite:///{db}", tmp_path / "artifacts")
+
+
+LINEAGE = {"data_version": "dvc:abc123", "split_hash": "f00d", "params_hash": "1234abcd"}
+
+
+@pytest.fixture
+def gates_cfg() -> GatesConfig:
+    return GatesConfig(
+        internal_sites=("A", "B", "C"), external_sites=("D",),
+        rules=(GateRule("site", "patient", "sen", min=60.0), GateRule("external", "patient", "f1", min=50.0),
+               GateRule("pooled", "vertebra", "auroc", min=0.7)),
+        max_drop=(DropRule("site", "patient", "f1", max=5.0),),
+        subgroup_sensitivity=SubgroupRule(("sex",), min=50.0, min_positives=3),
+        calibration=CalibrationRule("pooled", "vertebra", (0.5, 2.0)))
+
+
+def fake_metrics(sen: float = 80.0, f1: float = 70.0, auroc: float = 0.9, slope: float = 1.0,
+                 **site_overrides: dict) -> dict:
+    """A metrics dict in the evaluate_predictions layout with chosen values."""
+    m: dict = {}
+    for s in "ABCD":
+        pat = {"sen": sen, "spe": 80.0, "f1": f1, "acc": 80.0, "auroc": auroc}
+        pat.update(site_overrides.get(s, {}))
+        m[f"site_{s}"] = {"patient": pat, "vertebra": dict(pat, cal_slope=slope)}
+    for scope in ("internal", "external", "pooled"):
+        m[scope] = {"patient": {"sen": sen, "f1": f1, "auroc": auroc},
+                    "vertebra": {"sen": sen, "f1": f1, "auroc": auroc, "cal_slope": slope}}
+    m["subgroups"] = {"sex": {"F": {"n": 30, "n_pos": 10, "sen": sen}, "M": {"n": 20, "n_pos": 5, "sen": sen}}}
+    return m
