@@ -163,11 +163,9 @@ def check_pair(image: np.ndarray, mask: np.ndarray, settings: GLCMSettings) -> n
     if not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
         raise TextureInputError(f"image dtype {image.dtype}: pass a real numeric array (HU)")
     m = mask.astype(bool) if mask.dtype != bool else mask
-    n = int(m.sum())
-    if n == 0:
+    if not m.any():
         raise EmptyMaskError("the mask selects no voxel: check the ROI/body mask before texture")
-    idx = np.nonzero(m)
-    extent = [int(i.max() - i.min() + 1) for i in idx]
+    extent = [sl.stop - sl.start for sl in mask_bbox(m)]
     dims = sum(e > 1 for e in extent)
     if dims == 0:
         raise MaskTooSmallError("the mask holds a single voxel: GLCM maps need at least two neighbouring voxels")
@@ -175,10 +173,25 @@ def check_pair(image: np.ndarray, mask: np.ndarray, settings: GLCMSettings) -> n
         raise MaskTooSmallError(
             f"the mask spans {dims} dimension(s) (bounding box {extent}); at least "
             f"{settings.min_roi_dimensions} are required (pyradiomics minimumROIDimensions)")
-    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image[m]).all():
-        bad = int((~np.isfinite(image[m])).sum())
-        raise NonFiniteImageError(f"{bad} NaN/inf image value(s) inside the mask: repair or mask them out")
+    if np.issubdtype(image.dtype, np.floating):
+        finite = np.isfinite(image[m])
+        if not finite.all():
+            raise NonFiniteImageError(f"{int((~finite).sum())} NaN/inf image value(s) inside the mask: "
+                                      "repair or mask them out")
     return m
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """Bounding box of a non-empty 3-D boolean mask, as slices.
+
+    Every pair lies inside it and pyradiomics only fills mask voxels, so the engine
+    computes on this box alone (padded with zeros by the kernels).
+    """
+    box = []
+    for ax in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
 
 
 def discretize(image: np.ndarray, mask: np.ndarray, settings: GLCMSettings) -> np.ndarray:
@@ -195,25 +208,31 @@ def discretize(image: np.ndarray, mask: np.ndarray, settings: GLCMSettings) -> n
     Raises:
         TooManyGrayLevelsError: more than ``settings.max_gray_levels`` levels.
     """
-    values = np.asarray(image)[mask]
+    from features import texture_kernels as K
+
+    image = np.asarray(image)
+    values = image[mask]
+    lo, hi = values.min(), values.max()
     if settings.bin_count is not None:
         edges = np.histogram(values, int(settings.bin_count))[1]
         edges[-1] += 1  # the maximum falls in the top bin under digitize's half-open rule
     else:
         w = settings.bin_width
-        lo, hi = values.min(), values.max()
         edges = np.arange(lo - lo % w, hi + 2 * w, w)  # edges are multiples of w, first <= min
         if len(edges) == 1:  # flat region exactly on an edge: one bin around it
             edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
-    levels = np.digitize(values, edges)
-    ng = int(levels.max())
+    ng = int(np.searchsorted(edges, hi, side="right"))  # digitize(max): the top level
     if ng > settings.max_gray_levels:
         raise TooManyGrayLevelsError(
-            f"{ng} gray levels in the ROI (range {float(values.min()):g}..{float(values.max()):g}) exceed "
+            f"{ng} gray levels in the ROI (range {float(lo):g}..{float(hi):g}) exceed "
             f"max_gray_levels={settings.max_gray_levels}: raise texture.bin_width or max_gray_levels")
-    out = np.zeros(mask.shape, dtype=np.int32)
-    out[mask] = levels
-    return out
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # NaN/inf: numpy's digitize rules
+        out = np.zeros(mask.shape, dtype=np.int32)
+        out[mask] = np.digitize(values, edges)
+        return out
+    # digitize(v, edges) = number of edges <= v (increasing edges); the numba helper finds it
+    # from an equal-spacing guess and corrects it against the actual edges, so it is exact.
+    return K.digitize_masked(np.ascontiguousarray(image), np.ascontiguousarray(mask), edges.astype(np.float64))
 
 
 def _box_count(pairs: np.ndarray, radius: int, d: np.ndarray) -> np.ndarray:
@@ -237,6 +256,14 @@ def dropped_directions(mask: np.ndarray, settings: GLCMSettings) -> tuple[np.nda
         drop: (13, n_batches) uint8, 1 = direction dropped for that batch.
         batch_id: (X, Y, Z) int32 batch index of every mask voxel (C order), 0 elsewhere.
     """
+    from features import texture_kernels as K
+
+    n_vox = int(mask.sum())
+    batch = n_vox if settings.voxel_batch < 0 else int(settings.voxel_batch)
+    n_batches = -(-n_vox // batch)
+    if n_batches == 1:  # only whether a direction has a pair anywhere matters
+        drop = K.empty_directions(np.ascontiguousarray(mask, dtype=bool), DIRECTIONS)
+        return drop[:, None], np.zeros(mask.shape, dtype=np.int32)
     shape = np.array(mask.shape)
     pair_maps = []
     for d in DIRECTIONS:
@@ -245,13 +272,7 @@ def dropped_directions(mask: np.ndarray, settings: GLCMSettings) -> tuple[np.nda
         p = np.zeros(mask.shape, dtype=bool)
         p[src] = mask[src] & mask[dst]  # p[x] = 1 when x and x + a are both in the mask
         pair_maps.append(p)
-    n_vox = int(mask.sum())
-    batch = n_vox if settings.voxel_batch < 0 else int(settings.voxel_batch)
-    n_batches = -(-n_vox // batch)
     batch_id = np.zeros(mask.shape, dtype=np.int32)
-    if n_batches == 1:
-        drop = np.array([[not p.any()] for p in pair_maps], dtype=np.uint8)
-        return drop, batch_id
     rank = np.arange(n_vox) // batch
     batch_id[mask] = rank
     starts = np.arange(0, n_vox, batch)
@@ -312,14 +333,23 @@ def glcm_maps_batch(
         raise InvalidSettingsError("the numba backend runs on the CPU only: use backend='torch' for CUDA")
     if not len(images):
         return []
-    prepared = []
+    prepared, boxes = [], []
     for img, msk in zip(images, masks):
         m = check_pair(img, msk, settings)
-        levels = discretize(np.asarray(img), m, settings)
+        box = mask_bbox(m)  # crop: no pair and no output outside the mask's bounding box
+        m = m[box]
+        levels = discretize(np.asarray(img)[box], m, settings)
         drop, batch_id = dropped_directions(m, settings)
         prepared.append((levels, drop, batch_id))
+        boxes.append(box)
     run = K.numba_glcm_maps if backend == "numba" else K.torch_glcm_maps
-    return run(prepared, int(settings.kernel_radius), float(settings.fill_value), device=dev)
+    maps = run(prepared, int(settings.kernel_radius), float(settings.fill_value), device=dev)
+    out = []
+    for img, box, crop in zip(images, boxes, maps):
+        full = np.full((len(FEATURES), *np.shape(img)), settings.fill_value, dtype=np.float64)
+        full[(slice(None), *box)] = crop  # (4, X, Y, Z): fill outside the box
+        out.append(full)
+    return out
 
 
 def glcm_maps(

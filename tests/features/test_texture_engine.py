@@ -7,7 +7,8 @@ import pytest
 from features import texture_kernels as K
 from features.texture import (
     EmptyMaskError, GLCMSettings, InvalidSettingsError, MaskTooSmallError, NonFiniteImageError,
-    ShapeMismatchError, TextureInputError, TooManyGrayLevelsError, discretize, glcm_maps, glcm_maps_batch,
+    DIRECTIONS, ShapeMismatchError, TextureInputError, TooManyGrayLevelsError, discretize, dropped_directions,
+    glcm_maps, glcm_maps_batch, mask_bbox,
 )
 from features.texture_reference import synthetic_vertebra
 
@@ -147,3 +148,40 @@ def test_unpackable_layout_falls_back_to_torch():
     m = r.random(img.shape) < 0.7
     s = GLCMSettings(kernel_radius=5, bin_width=1.0)
     np.testing.assert_array_equal(glcm_maps(img, m, s, backend="numba"), glcm_maps(img, m, s, backend="torch"))
+
+
+# --- preparation helpers: exact against numpy ------------------------------------------------
+@pytest.mark.parametrize("settings", [GLCMSettings(bin_width=25.0), GLCMSettings(bin_width=0.5, max_gray_levels=4096),
+                                      GLCMSettings(bin_width=7.0, max_gray_levels=4096), GLCMSettings(bin_count=9)])
+def test_discretize_equals_numpy_digitize(settings):
+    """Values on and next to every bin edge: the numba binning equals np.digitize exactly."""
+    r = np.random.default_rng(11)
+    img = r.normal(100, 60, (9, 10, 11)).astype(np.float32)
+    m = r.random(img.shape) < 0.7
+    vals = img[m]
+    w = settings.bin_width
+    lo = vals.min()
+    edges = np.arange(lo - lo % w, vals.max() + 2 * w, w)
+    on_edge = np.argwhere(m)[:len(edges) - 1]
+    for (x, y, z), e in zip(on_edge, edges[1:]):  # exact edges and their float32 neighbours
+        img[x, y, z] = np.float32(e) if (x + y + z) % 2 else np.nextafter(np.float32(e), np.float32(-1e9))
+    vals = img[m]
+    if settings.bin_count is None:
+        lo = vals.min()
+        edges = np.arange(lo - lo % w, vals.max() + 2 * w, w)
+    else:
+        edges = np.histogram(vals, settings.bin_count)[1]
+        edges[-1] += 1
+    expected = np.zeros(img.shape, np.int32)
+    expected[m] = np.digitize(vals, edges)
+    np.testing.assert_array_equal(discretize(img, m, settings), expected)
+
+
+def test_empty_directions_and_bbox():
+    """Single-batch dropped directions = directions with no pair anywhere; bbox = extent of the mask."""
+    m = np.zeros((7, 8, 9), bool)
+    m[2, 3:6, 4] = True  # a line along y: only direction (0, 1, 0) has pairs
+    drop, _ = dropped_directions(m, S1)
+    assert drop.shape == (13, 1)
+    assert [tuple(d) for d, k in zip(DIRECTIONS, drop[:, 0]) if not k] == [(0, 1, 0)]
+    assert mask_bbox(m) == (slice(2, 3), slice(3, 6), slice(4, 5))

@@ -77,6 +77,14 @@ def _two_parts():  # first voxel batch is a single slice: its z-directions are d
     return img, m
 
 
+def _off_centre():  # mask bbox far smaller than the image and touching its border: the engine crops to it
+    r = _rng(7)
+    img = r.normal(250, 120, (14, 12, 11)).astype(np.float32)
+    m = np.zeros(img.shape, bool)
+    m[9:14, 0:5, 6:11] = r.random((5, 5, 5)) < 0.75
+    return img, m
+
+
 CASES = {
     "dense-r1": (_dense, GLCMSettings(kernel_radius=1)),
     "dense-r2": (_dense, GLCMSettings(kernel_radius=2)),
@@ -90,6 +98,7 @@ CASES = {
     "vertebra-r2": (_vertebra, GLCMSettings(kernel_radius=2)),
     "int16-fill-nan": (_int16, GLCMSettings(kernel_radius=1, bin_width=50.0, fill_value=float("nan"))),
     "voxel-batch-49": (_two_parts, GLCMSettings(kernel_radius=1, voxel_batch=49)),
+    "off-centre-r2": (_off_centre, GLCMSettings(kernel_radius=2)),
 }
 
 
