@@ -134,6 +134,12 @@ class ModelConfig:
     moe: MoEConfig = MoEConfig()
     companion: CompanionConfig = CompanionConfig()
     baselines: BaselineConfig = BaselineConfig()
+    # (x, y, z) voxels the pool is trilinearly resampled to before the encoder; None = the pool's own grid.
+    input_shape: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.input_shape is None or (len(self.input_shape) == 3 and min(self.input_shape) >= 4),
+               f"model.input_shape={self.input_shape}: null or three voxel counts >= 4")
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "ModelConfig":
@@ -141,10 +147,12 @@ class ModelConfig:
         sec = params.get("model") or {}
         parts = {"backbone": BackboneConfig, "swav": SwAVConfig, "moe": MoEConfig,
                  "companion": CompanionConfig, "baselines": BaselineConfig}
-        unknown = set(sec) - set(parts)
+        unknown = set(sec) - set(parts) - {"input_shape"}
         if unknown:
-            raise ModelConfigError(f"model: unknown sub-sections {sorted(unknown)}; valid: {sorted(parts)}")
-        return cls(**{k: _build(c, sec.get(k) or {}, f"model.{k}") for k, c in parts.items()})
+            raise ModelConfigError(f"model: unknown sub-sections {sorted(unknown)}; valid: {sorted(parts)} + input_shape")
+        shape = sec.get("input_shape")
+        return cls(**{k: _build(c, sec.get(k) or {}, f"model.{k}") for k, c in parts.items()},
+                   input_shape=None if shape is None else tuple(int(v) for v in shape))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,13 +26,16 @@ from torch.utils.data import DataLoader
 
 from osteo.params import params_hash
 from osteo_model.backbones import build_backbone
-from osteo_model.companion import ThresholdChoice, select_threshold
+import torch.nn.functional as F
+
+from osteo_model.companion import (ScreeningModel, ScreeningObjective, ThresholdChoice, adaptive_triplet_loss,
+                                   batch_triplets, select_threshold)
 from osteo_model.config import POOL_CHANNELS, BackboneConfig, CompanionConfig, ModelConfig, MoEConfig, TrainConfig
 from osteo_model.data import TexturePoolDataset
-from osteo_model.moe import MultiTaskModel, MultiTaskObjective, decode_outputs
+from osteo_model.moe import MultiTaskModel, MultiTaskObjective, decode_outputs, unified_loss
 from osteo_model.norm import ChannelNorm
 from osteo_model.swav import SwAVModel, SwAVObjective
-from osteo_model.train import MetricsCallback, fit, resolve_device, seed_everything
+from osteo_model.train import MetricsCallback, Objective, fit, resolve_device, seed_everything
 
 IO_CONTRACT = {
     "modality": "CT", "unit": "vertebra",
@@ -56,6 +59,12 @@ def _digest(params: Mapping[str, Any], tag: str) -> str:
     return f"{tag}:{params_hash(params, ('model', 'train'))}"
 
 
+def _dataset(frame: pd.DataFrame, root: Path, norm: ChannelNorm, mcfg: ModelConfig, cache: bool = True) -> TexturePoolDataset:
+    """Training dataset: normalised, resampled to ``model.input_shape``, cached after the first epoch."""
+    return TexturePoolDataset(frame, root, norm, device_vendors=mcfg.moe.device_vendors,
+                              input_shape=mcfg.input_shape, cache=cache)
+
+
 def run_pretrain(params: Mapping[str, Any], frame: pd.DataFrame, interim_dir: Path, out_dir: Path,
                  method: str = "tp_swav", log_metrics: MetricsCallback | None = None, resume: bool = True) -> StageResult:
     """Self-supervised pretraining (``tp_swav`` or the ``swav`` baseline) on the training split's vertebrae.
@@ -64,7 +73,7 @@ def run_pretrain(params: Mapping[str, Any], frame: pd.DataFrame, interim_dir: Pa
     """
     mcfg, tcfg = ModelConfig.from_params(params), TrainConfig.from_params(params, "pretrain")
     norm = ChannelNorm.fit(TexturePoolDataset(frame, interim_dir).iter_raw_pools())
-    dataset = TexturePoolDataset(frame, interim_dir, norm, device_vendors=mcfg.moe.device_vendors)
+    dataset = _dataset(frame, interim_dir, norm, mcfg)
     seed_everything(tcfg.seed)
     model = SwAVModel(build_backbone(mcfg.backbone), mcfg.swav)
     res = fit(model, SwAVObjective(mcfg.swav, method, tcfg.seed), dataset, tcfg, Path(out_dir),
@@ -78,28 +87,30 @@ def run_pretrain(params: Mapping[str, Any], frame: pd.DataFrame, interim_dir: Pa
 
 def run_finetune(params: Mapping[str, Any], train_frame: pd.DataFrame, interim_dir: Path, out_dir: Path,
                  init_encoder: Path | None = None, valid_frame: pd.DataFrame | None = None,
-                 log_metrics: MetricsCallback | None = None, resume: bool = True) -> StageResult:
+                 log_metrics: MetricsCallback | None = None, resume: bool = True,
+                 objective: Objective | None = None) -> StageResult:
     """MoE multi-task fine-tuning (Eq. 4) on labeled training vertebrae, from scratch or a pretrained encoder.
 
     With ``init_encoder`` the pretraining bundle's ChannelNorm is reused (the encoder was trained on it);
     otherwise it is fitted on ``train_frame``. With ``valid_frame`` the operating threshold (best
     specificity at sensitivity >= ``model.companion.min_sensitivity``) is chosen and stored.
+    ``objective`` replaces the Eq. 4 loss (e.g. Eq. 4 + the adaptive triplet term of paper 002).
     """
     mcfg, tcfg = ModelConfig.from_params(params), TrainConfig.from_params(params, "finetune")
     init = torch.load(init_encoder, map_location="cpu", weights_only=False) if init_encoder else None
     norm = (ChannelNorm.from_state_dict(init["norm"]) if init
             else ChannelNorm.fit(TexturePoolDataset(train_frame, interim_dir).iter_raw_pools()))
-    dataset = TexturePoolDataset(train_frame, interim_dir, norm, device_vendors=mcfg.moe.device_vendors)
+    dataset = _dataset(train_frame, interim_dir, norm, mcfg)
     seed_everything(tcfg.seed)
     model = MultiTaskModel(build_backbone(mcfg.backbone), mcfg.moe)
     if init:
         model.encoder.load_state_dict(init["encoder"])       # raises on an architecture mismatch
     tag = f"finetune:{init['method'] if init else 'scratch'}"
-    res = fit(model, MultiTaskObjective(mcfg.moe), dataset, tcfg, Path(out_dir), params_digest=_digest(params, tag),
+    res = fit(model, objective or MultiTaskObjective(mcfg.moe), dataset, tcfg, Path(out_dir), params_digest=_digest(params, tag),
               extra_state={"norm": norm.state_dict(), "init": tag}, log_metrics=log_metrics, resume=resume)
     threshold = None
     if valid_frame is not None and len(valid_frame):
-        pred = predict_frame(res.model, norm, valid_frame, interim_dir, mcfg.moe)
+        pred = predict_frame(res.model, norm, valid_frame, interim_dir, mcfg.moe, input_shape=mcfg.input_shape)
         labels = (valid_frame["who_class"].to_numpy() == 2).astype(int)
         threshold = select_threshold(pred["score"].to_numpy(), labels, mcfg.companion.min_sensitivity)
     bundle = Path(out_dir) / "model.pt"
@@ -109,13 +120,85 @@ def run_finetune(params: Mapping[str, Any], train_frame: pd.DataFrame, interim_d
     return StageResult(bundle, res.steps, res.last_metrics, threshold)
 
 
+class TripletMultiTaskObjective(MultiTaskObjective):
+    """Eq. 4 plus paper 002's adaptive triplet loss on the L2-normalised image embeddings.
+
+    Triplets come from the batch's (pseudo-)BMDs (:func:`~osteo_model.companion.batch_triplets`);
+    margin = ``triplet_margin + triplet_margin_per_bmd * |dBMD|``.
+    """
+
+    def __init__(self, cfg: MoEConfig, companion: CompanionConfig) -> None:
+        super().__init__(cfg)
+        self.companion = companion
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        out = model(batch["pool"], batch["device"])
+        total, parts = unified_loss(out, batch["who_class"], batch["bmd"], batch["level"],
+                                    self.weights, self.cfg.bmd_center, self.cfg.bmd_scale)
+        a, pos, neg = batch_triplets(batch["bmd"])
+        emb = F.normalize(out["embedding"].float(), dim=1)                    # (B, E), distances in [0, 2]
+        parts["triplet"] = adaptive_triplet_loss(emb[a], emb[pos], emb[neg], batch["bmd"][a], batch["bmd"][neg],
+                                                 self.companion.triplet_margin, self.companion.triplet_margin_per_bmd)
+        total = total + parts["triplet"]
+        metrics = {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
+        metrics["loss"] = float(total.detach())
+        return total, metrics
+
+
+def run_screening(params: Mapping[str, Any], train_frame: pd.DataFrame, interim_dir: Path, out_dir: Path,
+                  init_encoder: Path | None = None, log_metrics: MetricsCallback | None = None,
+                  resume: bool = True) -> StageResult:
+    """Paper 003: screening / severity / T-score heads on the encoder (``fit`` with ScreeningObjective).
+
+    Writes ``screening.pt`` (weights, norm, config); the threshold is chosen by the caller on validation data.
+    """
+    mcfg, tcfg = ModelConfig.from_params(params), TrainConfig.from_params(params, "finetune")
+    init = torch.load(init_encoder, map_location="cpu", weights_only=False) if init_encoder else None
+    norm = (ChannelNorm.from_state_dict(init["norm"]) if init
+            else ChannelNorm.fit(TexturePoolDataset(train_frame, interim_dir).iter_raw_pools()))
+    seed_everything(tcfg.seed)
+    model = ScreeningModel(build_backbone(mcfg.backbone))
+    if init:
+        model.encoder.load_state_dict(init["encoder"])
+    tag = f"screening:{init['method'] if init else 'scratch'}"
+    res = fit(model, ScreeningObjective(mcfg.companion.tscore_weight), _dataset(train_frame, interim_dir, norm, mcfg),
+              tcfg, Path(out_dir), params_digest=_digest(params, tag), extra_state={"norm": norm.state_dict()},
+              log_metrics=log_metrics, resume=resume)
+    bundle = Path(out_dir) / "screening.pt"
+    torch.save({"state_dict": res.model.state_dict(), "norm": norm.state_dict(), "model_config": mcfg.to_dict(),
+                "init": tag, "kind": "screening", "threshold": None, "steps": res.steps}, bundle)
+    return StageResult(bundle, res.steps, res.last_metrics)
+
+
+@torch.no_grad()
+def predict_screening(bundle: Path, frame: pd.DataFrame, interim_dir: Path, batch_size: int = 16,
+                      device: str = "auto") -> pd.DataFrame:
+    """Score ``frame`` with a ``screening.pt``: ``score`` = P(bone loss) x P(osteoporosis | bone loss), ``tscore_pred``."""
+    state = torch.load(bundle, map_location="cpu", weights_only=False)
+    cfg = state["model_config"]
+    backbone = BackboneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["backbone"].items()})
+    shape = None if cfg.get("input_shape") is None else tuple(cfg["input_shape"])
+    model = ScreeningModel(build_backbone(backbone))
+    model.load_state_dict(state["state_dict"])
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    ds = TexturePoolDataset(frame, interim_dir, ChannelNorm.from_state_dict(state["norm"]), input_shape=shape)
+    score, tscore = [], []
+    for batch in DataLoader(ds, batch_size=batch_size, shuffle=False):
+        out = model(batch["pool"].to(dev))
+        score.append((torch.sigmoid(out["screen_logit"]) * torch.sigmoid(out["severity_logit"])).cpu().numpy())
+        tscore.append(out["tscore"].cpu().numpy())
+    return pd.DataFrame({"score": np.concatenate(score), "tscore_pred": np.concatenate(tscore)}, index=frame.index)
+
+
 def load_model(bundle: Path) -> tuple[MultiTaskModel, ChannelNorm, ModelConfig, dict[str, Any]]:
     """Rebuild a fine-tuned model from ``model.pt``; returns (model in eval mode, norm, config, bundle dict)."""
     state = torch.load(bundle, map_location="cpu", weights_only=False)
     cfg_dict = state["model_config"]
     mcfg = ModelConfig(backbone=BackboneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict["backbone"].items()}),
                        moe=MoEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict["moe"].items()}),
-                       companion=CompanionConfig(**cfg_dict["companion"]))
+                       companion=CompanionConfig(**cfg_dict["companion"]),
+                       input_shape=None if cfg_dict.get("input_shape") is None else tuple(cfg_dict["input_shape"]))
     model = MultiTaskModel(build_backbone(mcfg.backbone), mcfg.moe)
     model.load_state_dict(state["state_dict"])
     return model.eval(), ChannelNorm.from_state_dict(state["norm"]), mcfg, state
@@ -123,15 +206,17 @@ def load_model(bundle: Path) -> tuple[MultiTaskModel, ChannelNorm, ModelConfig, 
 
 @torch.no_grad()
 def predict_frame(model: MultiTaskModel, norm: ChannelNorm, frame: pd.DataFrame, interim_dir: Path, moe_cfg: MoEConfig,
-                  vendor: str | None = None, batch_size: int = 16, device: str = "auto") -> pd.DataFrame:
+                  vendor: str | None = None, batch_size: int = 16, device: str = "auto",
+                  input_shape: tuple[int, int, int] | None = None) -> pd.DataFrame:
     """Score every vertebra of ``frame``: ``score``, ``bmd_pred`` (g/cm2), ``level_pred``, one row per input row.
 
     Args:
         vendor: answer as this DXA vendor for every row ("what would a Hologic say");
             None uses each row's ``device_vendor``.
+        input_shape: ``model.input_shape`` of the model (pools are resampled to it, as in training).
     """
     rows = frame if vendor is None else frame.assign(device_vendor=vendor)
-    ds = TexturePoolDataset(rows, interim_dir, norm, device_vendors=moe_cfg.device_vendors)
+    ds = TexturePoolDataset(rows, interim_dir, norm, device_vendors=moe_cfg.device_vendors, input_shape=input_shape)
     dev = resolve_device(device)
     was_training = model.training
     model.to(dev).eval()

@@ -1,0 +1,120 @@
+"""End to end through MLflow on a tiny synthetic fixture: runs, tags, params, metrics, artifacts, pyfunc model."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.models import Model
+from mlflow.tracking import MlflowClient
+
+from osteo_model.companion import select_threshold
+from osteo_model.experiment import DataPaths, assemble_frames, run_training
+from osteo_model.pipeline import load_model, predict_frame
+from osteo_model.tracking import file_sha256, flatten
+
+pytestmark = pytest.mark.slow          # one tiny pretrain + finetune + MLflow round trip (~15 s) shared by the module
+
+_spec = importlib.util.spec_from_file_location("_fixture", Path(__file__).with_name("test_experiment.py"))
+_fixture = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_fixture)
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tracked")
+    params = _fixture.write_inputs(root)
+    result = run_training(params, "tp_swav", tracking=True, out_dir=root / "out")
+    client = MlflowClient(tracking_uri=params["tracking"]["uri"])
+    return params, result, client, root
+
+
+def _children(client, parent_id):
+    exp = client.get_run(parent_id).info.experiment_id
+    runs = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return {r.data.tags["stage"]: r for r in runs}
+
+
+def test_parent_and_stage_runs_carry_tags_params_and_data_version(tracked):
+    params, result, client, root = tracked
+    parent = client.get_run(result.run_id)
+    tags = parent.data.tags
+    assert {k: tags[k] for k in ("method", "backbone", "pretrain", "moe", "loss", "profile")} == {
+        "method": "tp_swav", "backbone": "compact", "pretrain": "tp_swav", "moe": "true", "loss": "unified",
+        "profile": "tiny"}
+    assert len(tags["data_version"]) == 16 and tags["git_dirty"] in ("true", "false", "unknown")
+    assert tags["split_hash"] == "f" * 64 and len(tags["params_hash"]) == 16       # registry lineage tags
+    p = parent.data.params
+    assert p["model.backbone.widths"] == "[8, 8]" and p["train.finetune.epochs"] == "1"
+    assert p["ingest.spacing_mm"] == json.dumps(params["ingest"]["spacing_mm"]) and p["profile"] == "tiny"
+    assert p["texture.bin_width"] == str(params["texture"]["bin_width"])
+    assert p["training_table_sha256"] == file_sha256(root / "processed" / "training_table.parquet")
+    assert p["splits_sha256"] == "f" * 64
+    children = _children(client, result.run_id)
+    assert set(children) == {"pretrain", "finetune", "evaluate-valid"}
+    assert all(c.data.tags["data_version"] == tags["data_version"] for c in children.values())
+
+
+def test_per_step_losses_and_per_site_validation_metrics_are_logged(tracked):
+    params, result, client, _ = tracked
+    children = _children(client, result.run_id)
+    n_train = len(assemble_frames(DataPaths.from_params(params)).train)
+    history = client.get_metric_history(children["finetune"].info.run_id, "loss")
+    assert [m.step for m in history] == list(range(1, -(-n_train // 8) + 1))    # one point per optimizer step
+    assert client.get_metric_history(children["pretrain"].info.run_id, "loss_ssl")
+    valid = children["evaluate-valid"].data.metrics
+    for site in ("A", "B"):                                                       # the sites with valid patients
+        assert valid[f"valid.site_{site}.vertebra.n"] == result.metrics["valid"][f"site_{site}"]["vertebra"]["n"]
+    assert "valid.site_D.vertebra.n" not in valid                                 # site D is test only
+    assert valid["threshold"] == pytest.approx(result.threshold)
+
+
+def test_plots_are_logged_as_artifacts(tracked):
+    _, result, client, _ = tracked
+    children = _children(client, result.run_id)
+
+    def names(run_id):
+        return {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert "plots/loss_curves.png" in names(result.run_id)
+    assert "plots/texture_pool_montage.png" in names(children["pretrain"].info.run_id)
+    assert {"plots/confusion_valid.png", "plots/roc_valid.png", "plots/confusion_test.png"} <= names(
+        children["evaluate-valid"].info.run_id)
+
+
+def test_logged_model_predicts_its_input_example_and_carries_no_identifiers(tracked):
+    _, result, _, root = tracked
+    local = Path(mlflow.artifacts.download_artifacts(result.model_uri, dst_path=str(root / "dl")))
+    meta = Model.load(local)
+    example = meta.load_input_example(str(local))
+    assert isinstance(example, np.ndarray) and example.shape[:2] == (1, 5)
+    out = mlflow.pyfunc.load_model(result.model_uri).predict(example, params={"device_vendor": "GE Lunar"})
+    assert list(out.columns) == ["score", "bmd_g_cm2", "level", "screen_positive"] and len(out) == 1
+    assert 0.0 <= out["score"].iloc[0] <= 1.0
+    assert out["screen_positive"].iloc[0] == int(out["score"].iloc[0] >= result.threshold)
+    table = pd.read_parquet(root / "processed" / "training_table.parquet")
+    secrets = set(table["patient_id"]) | set(table["study_id"]) | {str(root), "pool_path", "patient", "study"}
+    texts = [json.dumps(meta.signature.to_dict()), json.dumps(example.tolist())]
+    texts += [p.read_text() for p in local.iterdir() if p.name.startswith(("input_example", "serving_input"))]
+    assert not [s for s in secrets for t in texts if s in t]
+
+
+def test_stored_threshold_is_the_validation_choice(tracked):
+    params, result, _, root = tracked
+    model, norm, mcfg, state = load_model(result.model_path)
+    frames = assemble_frames(DataPaths.from_params(params))
+    scores = predict_frame(model, norm, frames.valid, frames.root, mcfg.moe, input_shape=mcfg.input_shape)["score"]
+    choice = select_threshold(scores.to_numpy(), (frames.valid["who_class"] == 2).to_numpy().astype(int),
+                              mcfg.companion.min_sensitivity)
+    assert state["threshold"]["threshold"] == pytest.approx(choice.threshold)
+    assert state["threshold"]["sensitivity"] >= mcfg.companion.min_sensitivity
+    metrics = json.loads((root / "out" / "metrics.json").read_text())
+    assert metrics["threshold"] == pytest.approx(choice.threshold)
+    assert {"site_A", "pooled"} <= set(metrics["test"]) and metrics["valid"]["threshold"] == metrics["threshold"]
+
+
+def test_flatten_renders_nested_sections_with_dotted_keys():
+    assert flatten({"a": {"b": [1, 2], "c": {"d": None}}, "e": 0.5}) == {"a.b": "[1, 2]", "a.c.d": "None", "e": "0.5"}
