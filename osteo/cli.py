@@ -26,7 +26,12 @@ cohort_app = typer.Typer(help="Synthetic multi-site cohort: generate it, or repo
 features_app = typer.Typer(no_args_is_help=True,
                            help="Feast feature store: materialize, assemble the training table, time online reads.")
 flow_app = typer.Typer(no_args_is_help=True, help="Prefect flows (embedded local mode by default).")
+train_app = typer.Typer(no_args_is_help=True,
+                        help="Train the screening model (train.method): self-supervised pretraining, then fine-tuning.")
+experiments_app = typer.Typer(no_args_is_help=True, help="Comparisons across methods (the paper's ablation).")
 app.add_typer(cohort_app, name="cohort")
+app.add_typer(train_app, name="train")
+app.add_typer(experiments_app, name="experiments")
 app.add_typer(features_app, name="features")
 app.add_typer(flow_app, name="flow")
 
@@ -141,6 +146,49 @@ def features_training_table(ctx: typer.Context) -> None:
 def features_latency(ctx: typer.Context, n: Optional[int] = typer.Option(None, help="Look-ups (default: params).")) -> None:
     """Time single-vertebra online look-ups through osteo_screening_v1 (p50/p99)."""
     _echo_latency(steps.latency(_params(ctx), n=n))
+
+
+# --- models -----------------------------------------------------------------------
+_METHOD = typer.Option(None, help="tp_swav | swav | scratch | selftrain (default: params train.method).")
+_NO_TRACK = typer.Option(False, "--no-tracking", help="Do not log to MLflow (files only).")
+
+
+@train_app.command("pretrain")
+def train_pretrain(ctx: typer.Context, method: Optional[str] = _METHOD, no_tracking: bool = _NO_TRACK) -> None:
+    """TP-SwAV (or SwAV) pretraining on every vertebra of the train split -> models/pretrain/encoder.pt."""
+    out = _timed("pretrain", steps.train_pretrain, _params(ctx), method, tracking=not no_tracking)
+    typer.echo(f"method {out['method']}: encoder {out['encoder'] or '(none: trained from scratch)'}; "
+               f"MLflow run {out['run_id'] or '-'}")
+
+
+@train_app.command("finetune")
+def train_finetune(ctx: typer.Context, method: Optional[str] = _METHOD, no_tracking: bool = _NO_TRACK) -> None:
+    """MoE multi-task fine-tuning, validation threshold, valid/test scores -> models/finetune, metrics/train.json."""
+    out = _timed("finetune", steps.train_finetune, _params(ctx), method, tracking=not no_tracking)
+    metrics = json.loads(Path(out["metrics"]).read_text())
+    typer.echo(f"method {out['method']}: model {out['model']}, threshold {out['threshold']:.4f} "
+               f"(chosen on valid), MLflow run {out['run_id'] or '-'}")
+    for split in ("valid", "test"):
+        pooled = (metrics.get(split) or {}).get("pooled", {}).get("patient", {})
+        typer.echo(f"  {split:<5} patient-level pooled: " + ", ".join(
+            f"{k.upper()} {pooled[k]:.1f}" for k in ("sen", "spe", "f1") if pooled.get(k) is not None))
+
+
+@experiments_app.command("ablation")
+def experiments_ablation(
+    ctx: typer.Context,
+    arms: Optional[list[str]] = typer.Option(None, "--arm", help="Arm to run (repeatable; default: all)."),
+    out: Path = typer.Option(Path("docs/results.md"), help="Markdown file whose ablation table block is replaced."),
+    pseudo_rounds: Optional[int] = typer.Option(None, help="Override model.companion.pseudo_rounds for the run."),
+    no_tracking: bool = _NO_TRACK,
+) -> None:
+    """Scratch vs SwAV vs TP-SwAV, class-only vs unified loss, no-MoE vs MoE, companions, baselines -> one table."""
+    overrides = {"model": {"companion": {"pseudo_rounds": pseudo_rounds}}} if pseudo_rounds else None
+    tidy = _timed("ablation", steps.ablation, _params(ctx), arms, out, overrides, tracking=not no_tracking)
+    f1 = tidy[(tidy["scope"] == "pooled") & (tidy["level"] == "patient") & (tidy["metric"] == "f1")]
+    for _, row in f1.iterrows():
+        typer.echo(f"  {row['arm']:<20} test patient-level pooled F1 {row['value']:.1f}")
+    typer.echo(f"table written to {out}")
 
 
 # --- flows and the main job -------------------------------------------------------

@@ -132,3 +132,43 @@ def latency(params: Params, n: int | None = None):
 
     cfg = FeatureStoreConfig.from_params(params)
     return online_latency(cfg, Path(cfg.repo_dir), n=n)
+
+
+# --- models ------------------------------------------------------------------
+def models_dir(params: Params) -> Path:
+    return path(params, "models")
+
+
+def metrics_dir(params: Params) -> Path:
+    return path(params, "metrics")
+
+
+def train_method(params: Params, method: str | None = None) -> str:
+    """The method to train: the argument, else ``train.method``."""
+    return method or str((params.get("train") or {}).get("method", "tp_swav"))
+
+
+def train_pretrain(params: Params, method: str | None = None, tracking: bool = True) -> dict:
+    """Self-supervised pretraining → ``<models>/pretrain/encoder.pt`` (``osteo_model.experiment.run_pretrain_stage``).
+
+    Methods without pretraining (``scratch``) write nothing and return ``{"encoder": None}``.
+    """
+    from osteo_model.experiment import run_pretrain_stage
+
+    return run_pretrain_stage(params, train_method(params, method), models_dir(params), tracking=tracking)
+
+
+def train_finetune(params: Params, method: str | None = None, tracking: bool = True) -> dict:
+    """Fine-tune, pick the validation threshold, score valid/test (``run_finetune_stage``) → ``<metrics>/train.json``."""
+    from osteo_model.experiment import run_finetune_stage
+
+    return run_finetune_stage(params, train_method(params, method), models_dir(params),
+                              metrics_dir(params) / "train.json", tracking=tracking)
+
+
+def ablation(params: Params, arms: list[str] | None = None, out_md: Path = Path("docs/results.md"),
+             overrides: Mapping[str, Any] | None = None, tracking: bool = True):
+    """The paper's comparison on the cohort → a table in ``out_md`` (``osteo_model.ablation.run_ablation``)."""
+    from osteo_model.ablation import run_ablation
+
+    return run_ablation(params, arms, out_md, models_dir(params) / "ablation", overrides=overrides, tracking=tracking)

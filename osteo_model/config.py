@@ -188,6 +188,7 @@ class TrainConfig:
     def from_params(cls, params: Mapping[str, Any], stage: str) -> "TrainConfig":
         """Parse ``train:`` for ``stage`` (``pretrain`` | ``finetune``): common keys + stage keys."""
         sec = dict(params.get("train") or {})
+        sec.pop("method", None)  # which method to train: read by osteo_model.experiment, not a loop setting
         stages = {k: sec.pop(k) for k in ("pretrain", "finetune") if k in sec}
         if stage not in ("pretrain", "finetune"):
             raise ModelConfigError(f"unknown training stage {stage!r}: use pretrain | finetune")

@@ -178,7 +178,7 @@ def _fresh(path: Path, resume: bool) -> Path:
 def run_training(params: Mapping[str, Any], method: str = "tp_swav", overrides: Mapping[str, Any] | None = None,
                  tracking: bool = True, out_dir: Path | None = None, init_encoder: Path | None = None,
                  stages: tuple[str, ...] = ("pretrain", "finetune"), run_name: str | None = None,
-                 resume: bool = False) -> TrainingResult:
+                 resume: bool = False, parent_run_id: str | None = None) -> TrainingResult:
     """Train and validate one method end to end, tracked in MLflow.
 
     Args:
@@ -192,6 +192,7 @@ def run_training(params: Mapping[str, Any], method: str = "tp_swav", overrides: 
             (uses ``init_encoder`` when given, else trains from scratch).
         run_name: MLflow run name (default the method); nested under the active MLflow run if any (ablation).
         resume: keep ``out_dir`` and resume interrupted stages from their checkpoints.
+        parent_run_id: reopen this MLflow parent run instead of starting one (stage-by-stage pipelines).
 
     Returns:
         A :class:`TrainingResult` (metrics empty when only pretraining ran).
@@ -206,7 +207,8 @@ def run_training(params: Mapping[str, Any], method: str = "tp_swav", overrides: 
     tags = {**run_tags(method, params, init_encoder, versions["data_version"]), **code_version(),
             "split_hash": versions["splits_sha256"], "params_hash": params_hash(params, ("model", "train"))}
     tracker = Tracker(TrackingConfig.from_params(params), enabled=tracking)
-    with tracker.parent(run_name or method, tags, {**tracked_params(params), **versions}) as run_id:
+    with tracker.parent(run_name or method, tags, {**tracked_params(params), **versions},
+                        run_id=parent_run_id) as run_id:
         result = _run(params, method, frames, out, tracker, init_encoder, stages, resume)
         result.run_id = run_id
         if result.model_path is not None and method != "screening":
@@ -390,23 +392,46 @@ def _montage(frames: Frames, n: int = 3):
 
 def run_pretrain_stage(params: Mapping[str, Any], method: str = "tp_swav", out_dir: Path = Path("models"),
                        tracking: bool = True) -> dict[str, Any]:
-    """``osteo train pretrain``: TP-SwAV (or SwAV) encoder -> ``models/pretrain/encoder.pt``."""
-    res = run_training(params, method, tracking=tracking, out_dir=Path(out_dir), stages=("pretrain",),
-                       run_name=f"{method}-pretrain", resume=True)
-    return {"encoder": str(res.encoder_path), "pretrain_s": res.timings.get("pretrain_s"), "run_id": res.run_id}
+    """``osteo train pretrain``: TP-SwAV (or SwAV) encoder -> ``<out_dir>/pretrain/encoder.pt``.
+
+    Opens the pipeline's MLflow parent run (``<method>``); ``<out_dir>/pretrain/pretrain.json``
+    records it (and the encoder, or none for ``scratch``) so ``finetune`` continues the same run.
+    """
+    if method not in METHODS or method not in DEEP:
+        raise ExperimentError(f"train.method={method!r}: `osteo train` trains one of {list(DEEP)}")
+    out_dir = Path(out_dir)
+    res = run_training(params, method, tracking=tracking, out_dir=out_dir, stages=("pretrain",),
+                       run_name=method, resume=True)
+    record = {"method": method, "encoder": None if res.encoder_path is None else str(res.encoder_path),
+              "pretrain_s": res.timings.get("pretrain_s"), "run_id": res.run_id}
+    (out_dir / "pretrain").mkdir(parents=True, exist_ok=True)
+    (out_dir / "pretrain" / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def run_finetune_stage(params: Mapping[str, Any], method: str = "tp_swav", out_dir: Path = Path("models"),
                        metrics_path: Path = Path("metrics/train.json"), tracking: bool = True) -> dict[str, Any]:
-    """``osteo train finetune``: fine-tune from ``models/pretrain/encoder.pt`` when present (else from scratch),
-    pick the validation threshold, write ``models/finetune/model.pt`` and ``metrics/train.json``."""
+    """``osteo train finetune``: fine-tune from the encoder ``pretrain`` recorded (none for ``scratch``),
+    pick the validation threshold, write ``<out_dir>/finetune/model.pt`` and ``metrics_path``.
+
+    Continues the parent MLflow run of the pretrain stage when it used the same method.
+    """
     out_dir = Path(out_dir)
-    encoder = out_dir / "pretrain" / "encoder.pt"
-    init = encoder if encoder.is_file() else None
-    res = run_training(params, method if init is not None else "scratch", tracking=tracking, out_dir=out_dir,
-                       init_encoder=init, stages=("finetune",), run_name=f"{method}-finetune", resume=True)
+    record_path = out_dir / "pretrain" / "pretrain.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if record.get("method") not in (None, method):
+        raise ExperimentError(f"{record_path} holds a '{record.get('method')}' pretraining but train.method is "
+                              f"'{method}': run `osteo train pretrain` first")
+    init = Path(record["encoder"]) if record.get("encoder") else None
+    if init is None and method in ("tp_swav", "swav"):
+        raise ExperimentError(f"no pretrained encoder for '{method}' ({record_path} missing or empty): "
+                              "run `osteo train pretrain` first")
+    res = run_training(params, method, tracking=tracking, out_dir=out_dir, init_encoder=init, stages=("finetune",),
+                       run_name=method, resume=True, parent_run_id=record.get("run_id") if tracking else None)
     metrics_path = Path(metrics_path)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out_dir / "metrics.json", metrics_path)
-    return {"model": str(res.model_path), "threshold": res.threshold, "metrics": str(metrics_path),
-            "finetune_s": res.timings.get("finetune_s"), "run_id": res.run_id, "model_uri": res.model_uri}
+    record = {"method": method, "model": str(res.model_path), "threshold": res.threshold, "metrics": str(metrics_path),
+              "finetune_s": res.timings.get("finetune_s"), "run_id": res.run_id, "model_uri": res.model_uri}
+    (out_dir / "finetune" / "finetune.json").write_text(json.dumps(record, indent=2) + "\n")  # read by evaluate/promote
+    return record

@@ -232,10 +232,14 @@ class Tracker:
         return mlflow.create_experiment(self.cfg.experiment, artifact_location=location)
 
     @contextlib.contextmanager
-    def parent(self, run_name: str, tags: Mapping[str, str], params: Mapping[str, str]) -> Iterator[str | None]:
+    def parent(self, run_name: str, tags: Mapping[str, str], params: Mapping[str, str],
+               run_id: str | None = None) -> Iterator[str | None]:
         """The pipeline's parent run (system metrics on); yields its run id (None when disabled).
 
-        Started while another run is active (the ablation's), it nests under that run.
+        Started while another run is active (the ablation's), it nests under that run. With
+        ``run_id`` an existing parent is reopened (the DVC ``finetune`` stage continues the
+        run its ``pretrain`` stage opened, so one pipeline = one parent run); its params are
+        not logged again.
         """
         if not self.enabled:
             yield None
@@ -245,6 +249,12 @@ class Tracker:
         system = self.cfg.log_system_metrics and _has_psutil()
         if system:
             mlflow.set_system_metrics_sampling_interval(self.cfg.system_metrics_interval_s)
+        if run_id is not None:
+            with mlflow.start_run(run_id=run_id, log_system_metrics=system) as run:
+                self.parent_run_id = run.info.run_id
+                mlflow.set_tags(dict(tags))
+                yield run.info.run_id
+            return
         nested = mlflow.active_run() is not None                                   # e.g. one arm of the ablation
         with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=dict(tags), nested=nested,
                               log_system_metrics=system) as run:

@@ -118,3 +118,18 @@ def test_stored_threshold_is_the_validation_choice(tracked):
 
 def test_flatten_renders_nested_sections_with_dotted_keys():
     assert flatten({"a": {"b": [1, 2], "c": {"d": None}}, "e": 0.5}) == {"a.b": "[1, 2]", "a.c.d": "None", "e": "0.5"}
+
+
+def test_dvc_stages_pretrain_then_finetune_share_one_parent_run(tmp_path, monkeypatch):
+    """`osteo train pretrain` opens the parent run, `osteo train finetune` continues it: one pipeline, one parent."""
+    from osteo_model.experiment import ExperimentError, run_finetune_stage, run_pretrain_stage
+    params = _fixture.write_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    pre = run_pretrain_stage(params, "tp_swav", tmp_path / "models")
+    fine = run_finetune_stage(params, "tp_swav", tmp_path / "models", tmp_path / "metrics" / "train.json")
+    assert pre["run_id"] is not None and fine["run_id"] == pre["run_id"]
+    client = MlflowClient(tracking_uri=params["tracking"]["uri"])
+    assert set(_children(client, pre["run_id"])) == {"pretrain", "finetune", "evaluate-valid"}
+    assert client.get_run(pre["run_id"]).data.tags["method"] == "tp_swav"
+    with pytest.raises(ExperimentError, match="run `osteo train pretrain` first"):
+        run_finetune_stage(params, "swav", tmp_path / "models", tmp_path / "metrics" / "train.json")
