@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROFILE ?= demo
 
-.PHONY: demo test venv lock bench repro clean-data
+.PHONY: demo test venv lock bench repro clean-data browser
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
@@ -32,6 +32,12 @@ repro: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/texture.py
+
+# Headless Chromium + its driver from Debian, for the MLflow UI browser test (tests/e2e) and
+# tools/mlflow_screenshot.py; needs root on Debian. Does nothing when both are already there.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then echo "chromium + chromedriver present"; \
+	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; fi
 
 # Re-resolve the pinned set from requirements.in (needs network to the registry).
 lock:

@@ -1,0 +1,1 @@
+"""Developer tools that sit outside the installed packages (run as ``python -m tools.<name>``)."""
