@@ -24,6 +24,7 @@ demo: $(STAMP)
 	OSTEO_PROFILE=$(PROFILE) $(BIN)/osteo demo
 
 test: $(STAMP)
+	@$(MAKE) -s browser || echo "could not install chromium (not root / no apt?): the MLflow UI browser test will be skipped"
 	$(BIN)/python -m pytest -q
 
 # Rebuild the pipeline with DVC (only what changed); the venv's tools on PATH.
