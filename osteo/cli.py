@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 
@@ -29,11 +29,14 @@ flow_app = typer.Typer(no_args_is_help=True, help="Prefect flows (embedded local
 train_app = typer.Typer(no_args_is_help=True,
                         help="Train the screening model (train.method): self-supervised pretraining, then fine-tuning.")
 experiments_app = typer.Typer(no_args_is_help=True, help="Comparisons across methods (the paper's ablation).")
+registry_app = typer.Typer(no_args_is_help=True,
+                           help="MLflow model registry: promote through the gates, roll back, status, audit log.")
 app.add_typer(cohort_app, name="cohort")
 app.add_typer(train_app, name="train")
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(features_app, name="features")
 app.add_typer(flow_app, name="flow")
+app.add_typer(registry_app, name="registry")
 
 
 def _params(ctx: typer.Context) -> dict[str, Any]:
@@ -191,6 +194,127 @@ def experiments_ablation(
     typer.echo(f"table written to {out}")
 
 
+# --- evaluation and registry --------------------------------------------------------
+EXIT_ERROR = 1          # a typed error (no evaluation, no previous champion, bad params): the message says what to do
+EXIT_CHAIN_BROKEN = 2   # `osteo registry log`: the audit log's hash chain does not verify
+EXIT_REJECTED = 3       # `osteo registry promote --fail-on-reject`: the gates refused the candidate
+
+
+def _fail(exc: Exception) -> NoReturn:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=EXIT_ERROR)
+
+
+@app.command()
+def evaluate(ctx: typer.Context, no_tracking: bool = _NO_TRACK) -> None:
+    """Test split, stored threshold, per site A-D, vs the champion -> metrics/evaluate.json, reports/evaluation."""
+    from osteo_model.evaluate import EvaluationError
+    from registry.errors import RegistryError
+
+    try:
+        out = _timed("evaluate", steps.evaluate, _params(ctx), tracking=not no_tracking)
+    except (EvaluationError, RegistryError) as exc:
+        _fail(exc)
+    champion = (f"champion v{out['champion_version']} re-scored on the same {out['n_patients_common']} test patients"
+                if out["champion_version"] else "no champion to compare with")
+    typer.echo(f"threshold {out['threshold']:.4f} (stored with the model, chosen on valid); {champion}")
+    typer.echo("test split, patient level (any-vertebra rule), value [95% CI]:")
+    typer.echo(steps.format_site_table(out["per_site"]))
+    typer.echo(f"metrics {out['evaluate_json']}; report {out['report']}; MLflow run {out['run_id'] or '-'}")
+
+
+def _echo_promotion(out: dict[str, Any]) -> None:
+    name, version = out["model_name"], out["version"]
+    if out["state"] == "promoted":
+        prev = out.get("previous_champion")
+        typer.echo(f"{name} v{version}: PROMOTED to champion" + (f" (previous-champion v{prev})" if prev else ""))
+    else:
+        champ = out.get("champion")
+        typer.echo(f"{name} v{version}: REJECTED; it stays registered (status refused), champion "
+                   + (f"stays v{champ}" if champ else "unset"))
+        for g in out["failed_gates"]:
+            typer.echo(f"  failed gate {g['gate']} ({g['kind']}) {g['scope']}/{g['level']} {g['metric']}: "
+                       f"value {g['value']} vs bound {g['bound']}" + (f" ({g['note']})" if g.get("note") else ""))
+        for r in out["reasons"]:
+            if not r.startswith("gate failed:"):
+                typer.echo(f"  refused: {r}")
+    typer.echo(f"aliases: {out['aliases']}  (actor {out['actor']}; audit event {out['event_seq']})")
+
+
+@registry_app.command("promote")
+def registry_promote(
+    ctx: typer.Context,
+    actor: Optional[str] = typer.Option(None, help="Who promotes (default: $OSTEO_ACTOR, else the OS user)."),
+    reason: Optional[str] = typer.Option(None, help="Why (recorded in the audit log)."),
+    fail_on_reject: bool = typer.Option(True, "--fail-on-reject/--no-fail-on-reject",
+                                        help="Exit 3 when the gates reject the candidate (the DVC stage passes "
+                                             "--no-fail-on-reject: a rejection is a recorded outcome, not an error)."),
+) -> None:
+    """Register the evaluated candidate; promote it to champion when every gate passes -> metrics/promotion.json.
+
+    Exit 0: promoted (or rejected with --no-fail-on-reject); 3: rejected by the gates; 1: error (e.g. no evaluate.json).
+    """
+    from registry.errors import RegistryError
+
+    try:
+        out = steps.promote(_params(ctx), actor=actor, reason=reason)
+    except RegistryError as exc:
+        _fail(exc)
+    _echo_promotion(out)
+    if out["state"] != "promoted" and fail_on_reject:
+        raise typer.Exit(code=EXIT_REJECTED)
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    ctx: typer.Context,
+    reason: str = typer.Option(..., help="Why (required; recorded in the audit log)."),
+    actor: Optional[str] = typer.Option(None, help="Who (default: $OSTEO_ACTOR, else the OS user)."),
+) -> None:
+    """Make previous-champion the champion again (exit 1 when there is none)."""
+    from registry.errors import RegistryError
+
+    try:
+        out = steps.rollback(_params(ctx), reason, actor=actor)
+    except RegistryError as exc:
+        _fail(exc)
+    typer.echo(f"{out['model_name']}: champion v{out['rolled_back_version']} -> v{out['champion']} (rolled back by "
+               f"{out['actor']}: {out['reason']}); aliases {out['aliases']}")
+
+
+@registry_app.command("log")
+def registry_log(ctx: typer.Context) -> None:
+    """The append-only promotion log (who / what / when / why), hash chain verified; exit 2 if it is broken."""
+    out = steps.registry_log(_params(ctx))
+    typer.echo(out["text"])
+    if not out["chain_ok"]:
+        typer.echo(f"HASH CHAIN BROKEN: {out['chain_error']}", err=True)
+        raise typer.Exit(code=EXIT_CHAIN_BROKEN)
+    typer.echo(f"hash chain verified: {out['n_verified']} events, intact")
+
+
+@registry_app.command("status")
+def registry_status(ctx: typer.Context) -> None:
+    """Registered versions, aliases and the champion's headline test metrics."""
+    out = steps.registry_status(_params(ctx))
+    if not out["registered"]:
+        typer.echo(f"{out['model_name']}: no version registered yet (`osteo evaluate`, then `osteo registry promote`)")
+        return
+    typer.echo(f"{out['model_name']}: " + (", ".join(f"{a} = v{v}" for a, v in sorted(out["aliases"].items()))
+                                           or "no aliases (no champion yet)"))
+    typer.echo(f"  {'version':>7}  {'status':<18}  {'aliases':<28}  {'gates':<6}  {'data':<16}  created (UTC)")
+    for v in out["versions"]:
+        typer.echo(f"  {v['version']:>7}  {v['status']:<18}  {','.join(v['aliases']) or '-':<28}  "
+                   f"{v['gates_passed'] or '-':<6}  {v['data_version'] or '-':<16}  {v['created']}")
+    if out["champion_headline"]:
+        typer.echo(f"  champion v{out['champion']} test metrics at registration (patient level):")
+        for scope, levels in out["champion_headline"].items():
+            m = levels.get("patient") or {}
+            typer.echo(f"    {scope:<10} " + "  ".join(
+                f"{k.upper()} {'n/a' if m.get(k) is None else format(m[k], '.3f' if k == 'auroc' else '.1f')}"
+                for k in ("sen", "spe", "f1", "auroc")))
+
+
 # --- flows and the main job -------------------------------------------------------
 @flow_app.command("materialize")
 def flow_materialize(ctx: typer.Context) -> None:
@@ -202,13 +326,85 @@ def flow_materialize(ctx: typer.Context) -> None:
         raise typer.Exit(code=1)
 
 
-def _flow_runner(params: dict[str, Any]):
+def _flow_runner(params: dict[str, Any], name: str = "materialize"):
     from flows.runtime import configure_prefect
 
     configure_prefect(params)  # before Prefect is imported
+    if name == "retrain":
+        from flows.retrain import run_retrain_flow
+
+        return run_retrain_flow
     from flows.materialize import run_materialize_flow
 
     return run_materialize_flow
+
+
+@flow_app.command("retrain")
+def flow_retrain(
+    ctx: typer.Context,
+    materialize: bool = typer.Option(True, help="Run the materialize_features subflow first."),
+    reason: Optional[str] = typer.Option(None, help="Why (recorded in the promotion log)."),
+) -> None:
+    """Prefect flow: features -> pretrain -> finetune -> evaluate -> gates -> register/promote.
+
+    Exit 0 when a version is promoted, 3 when it is rejected by the gates, 1 when the flow failed.
+    """
+    params = _params(ctx)
+    result = _flow_runner(params, "retrain")(params, materialize=materialize, reason=reason)
+    _print_retrain_summary(result, params)
+    raise typer.Exit(code={"promoted": 0, "rejected": 3}.get(result["state"], 1))
+
+
+@app.command()
+def deploy(ctx: typer.Context) -> None:
+    """Serve the scheduled `retrain` deployment (cron flows.retrain.cron) until interrupted.
+
+    Against a Prefect server: `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api osteo deploy.
+    """
+    params = _params(ctx)
+    from flows.runtime import configure_prefect
+
+    configure_prefect(params)
+    from prefect import serve
+
+    from flows.retrain import deployment
+
+    dep = deployment(params)
+    typer.echo(f"serving deployment retrain-scheduled/{dep.name} (cron '{params['flows']['retrain']['cron']}' UTC); "
+               "Ctrl-C stops it")
+    serve(dep)
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows of dicts as aligned text lines (numbers to one decimal)."""
+    cols = list(rows[0])
+    cells = [[c for c in cols]] + [[f"{r.get(c):.1f}" if isinstance(r.get(c), float) else str(r.get(c, ""))
+                                    for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+
+
+def _print_retrain_summary(result: dict[str, Any], params: dict[str, Any]) -> None:
+    """One screen: the retrain flow's outcome, per-site test metrics, gates and aliases."""
+    typer.echo(f"flow retrain: {result['state'].upper()}")
+    if result.get("message"):
+        typer.echo(f"  {result['message']}")
+    if "finetune" in result:
+        f = result["finetune"]
+        typer.echo(f"  model: method {f.get('method')}, threshold {f.get('threshold'):.4f} (chosen on valid, "
+                   f"sensitivity >= {params['model']['companion']['min_sensitivity']}); MLflow run {f.get('run_id')}")
+    ev = result.get("evaluate") or {}
+    table = ev.get("per_site") or []
+    if table:
+        typer.echo("  test split, patient level (any-vertebra rule):")
+        for line in _table(table):
+            typer.echo("    " + line)
+    prom = result.get("promotion") or {}
+    if prom:
+        typer.echo(f"  registry: {params['registry']['model_name']} v{prom.get('version')} {prom.get('state')}; "
+                   f"aliases {prom.get('aliases')}")
+        for g in prom.get("failed_gates") or []:
+            typer.echo(f"    failed gate: {g}")
 
 
 def _print_flow_summary(result: dict[str, Any], params: dict[str, Any]) -> None:
@@ -253,16 +449,23 @@ def show_params(ctx: typer.Context, section: Optional[str] = typer.Argument(None
 
 @app.command()
 def demo(ctx: typer.Context) -> None:
-    """The main job: cohort, then the materialize_features Prefect flow, then a summary."""
+    """The main job: cohort, then the retrain Prefect flow (features -> train -> evaluate -> gates -> registry)."""
     params = _params(ctx)
-    run_materialize_flow = _flow_runner(params)
+    run_retrain_flow = _flow_runner(params, "retrain")
     t0 = time.perf_counter()
     typer.echo(f"== osteo demo (profile {params['profile']})")
     typer.echo(f"cohort: {_timed('cohort', steps.cohort, params)}")
-    result = run_materialize_flow(params)
-    _print_flow_summary(result, params)
+    result = run_retrain_flow(params, materialize=True, reason="osteo demo")
+    features = (result.get("features") or {}).get("training_table")
+    if features:
+        typer.echo(f"  training table: {features['rows']} labelled vertebrae {features['by_split']}")
+    _print_retrain_summary(result, params)
     typer.echo(f"== done in {time.perf_counter() - t0:.0f} s")
-    if result["state"] != "completed":
+    uri = params["tracking"]["uri"]
+    typer.echo(f"Compare runs in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
+               "  -> http://127.0.0.1:5000 (experiment " + params["tracking"]["experiment"] + ")")
+    typer.echo("Registry:  .venv/bin/osteo registry status  |  .venv/bin/osteo registry log")
+    if result["state"] == "failed":
         raise typer.Exit(code=1)
 
 

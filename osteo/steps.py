@@ -7,7 +7,8 @@ resolves the stage folders and calls the library function. No step logic here.
 Stage folders (each DVC stage owns one):
 ``paths.raw`` / ``paths.truth`` (cohort) → ``<interim>/ingest`` → ``<interim>/texture``
 → ``<interim>/splits`` → Feast repo (``features_store.repo_dir``) →
-``<paths.data>/processed/training_table.parquet``.
+``<paths.data>/processed/training_table.parquet`` → ``<models>/pretrain``, ``<models>/finetune``
+→ ``<metrics>/evaluate.json`` + ``<reports>/evaluation`` → MLflow registry + ``<metrics>/promotion.json``.
 """
 from __future__ import annotations
 
@@ -172,3 +173,74 @@ def ablation(params: Params, arms: list[str] | None = None, out_md: Path = Path(
     from osteo_model.ablation import run_ablation
 
     return run_ablation(params, arms, out_md, models_dir(params) / "ablation", overrides=overrides, tracking=tracking)
+
+
+# --- evaluation and registry ------------------------------------------------------
+def evaluation_dir(params: Params) -> Path:
+    return path(params, "reports") / "evaluation"
+
+
+def _registry_config(params: Params):
+    from registry.config import RegistryConfig
+
+    return RegistryConfig.from_params(params)
+
+
+def evaluate(params: Params, tracking: bool = True) -> dict:
+    """Evaluate the candidate on the test split with its stored threshold, paired with the champion when the
+    registry has one → ``<metrics>/evaluate.json``, ``<metrics>/plots``, ``<reports>/evaluation``, MLflow child run
+    ``evaluate`` (``osteo_model.evaluate_stage.run_evaluate_stage``).
+
+    ``tracking=False`` touches no MLflow database at all: no child run and no champion comparison.
+    Returns ``{"per_site": [...], "threshold", "champion_version", "n_patients_common", "evaluate_json",
+    "metrics_file", "report", "plots", "run_id", "parent_run_id", ...}``.
+    """
+    from osteo_model.evaluate_stage import run_evaluate_stage
+    from registry.pipeline import champion_ref
+
+    champion = champion_ref(_registry_config(params)) if tracking else None
+    return run_evaluate_stage(params, models_dir(params), metrics_dir(params), evaluation_dir(params),
+                              champion=champion, tracking=tracking)
+
+
+def format_site_table(rows: list[dict]) -> str:
+    """Text table of ``evaluate(...)["per_site"]`` (``osteo_model.evaluate.format_site_table``)."""
+    from osteo_model.evaluate import format_site_table as _format
+
+    return _format(rows)
+
+
+def promote(params: Params, actor: str | None = None, reason: str | None = None) -> dict:
+    """Gate the evaluated candidate, register it as a new version and promote it when every gate passes
+    → ``<metrics>/promotion.json`` (``registry.pipeline.promote_candidate``).
+
+    Returns ``{"state": "promoted" | "rejected", "version", "failed_gates": [{gate, scope, metric, value,
+    bound, ...}], "reasons", "aliases", ...}``; raises ``EvaluationMissingError`` without ``evaluate.json``.
+    """
+    from registry.gates import GatesConfig
+    from registry.pipeline import promote_candidate
+
+    return promote_candidate(_registry_config(params), GatesConfig.from_params(params),
+                             models_dir(params) / "finetune" / "finetune.json", metrics_dir(params) / "evaluate.json",
+                             metrics_dir(params) / "promotion.json", actor=actor, reason=reason)
+
+
+def rollback(params: Params, reason: str, actor: str | None = None) -> dict:
+    """``previous-champion`` becomes champion again (``registry.pipeline.rollback_champion``)."""
+    from registry.pipeline import rollback_champion
+
+    return rollback_champion(_registry_config(params), reason, actor=actor)
+
+
+def registry_status(params: Params) -> dict:
+    """Versions, aliases and the champion's headline metrics (``registry.pipeline.registry_status``)."""
+    from registry.pipeline import registry_status as _status
+
+    return _status(_registry_config(params))
+
+
+def registry_log(params: Params) -> dict:
+    """The promotion audit log, formatted, with its hash chain verified (``registry.pipeline.audit_log``)."""
+    from registry.pipeline import audit_log
+
+    return audit_log(_registry_config(params))

@@ -15,6 +15,8 @@ One concept per module:
 * :mod:`~osteo_model.baselines`: L1 trabecular-HU rule and radiomics + logistic regression.
 * :mod:`~osteo_model.checkpoint`, :mod:`~osteo_model.train`: the one resumable, DDP-ready training loop.
 * :mod:`~osteo_model.pipeline`: entry points ``run_pretrain``, ``run_finetune``, ``load_model``, ``predict_frame``.
+* :mod:`~osteo_model.evaluate_stage`: ``osteo evaluate``: the candidate's test predictions with its stored
+  threshold, the champion re-scored on the same vertebrae, evaluate.json + report + MLflow child run.
 
 Dependencies: torch, numpy, pandas, scikit-learn and :mod:`osteo.params`; never
 ``features/`` or ``flows/``. Importing the package has no side effects.

@@ -3,6 +3,8 @@
 Entry points:
 
 * :func:`evaluate_predictions` (pure): predictions -> JSON-able metrics dict.
+* :func:`site_table` / :func:`format_site_table` / :func:`headline_metrics` (pure): the
+  per-site patient-level headline, as rows, as text, and as the DVC metrics file.
 * :func:`write_evaluation` (I/O shell): metrics.json, DVC plot files, PNG plots and a
   self-contained HTML report with the plots embedded as base64.
 
@@ -28,7 +30,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -259,6 +261,93 @@ def evaluate_predictions(pred: pd.DataFrame, cfg: EvaluateConfig, threshold: flo
                             for name, (f, t) in baselines.items()}
     return _clean(out)
 
+# --------------------------------------------------------------------------- summaries (pure)
+
+SITE_TABLE_KEYS: tuple[str, ...] = ("acc", "sen", "spe", "f1", "auroc")
+HEADLINE_KEYS: tuple[str, ...] = ("n_patients", "n_pos", "acc", "sen", "spe", "f1", "auroc")
+
+
+def _scope_names(metrics: Mapping[str, Any]) -> list[str]:
+    return [f"site_{s}" for s in metrics["sites"]] + ["internal", "external", "pooled"]
+
+
+def site_table(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Patient-level headline per scope (sites, then internal / external / pooled), JSON-able.
+
+    Each row: ``scope``, ``external`` (bool, sites only), ``n_patients``, ``n_pos``, each of
+    :data:`SITE_TABLE_KEYS` with ``<k>_lo`` / ``<k>_hi``, and, when the metrics hold a
+    champion comparison, ``f1_diff`` / ``f1_p`` / ``auroc_diff`` / ``auroc_p`` (candidate minus champion).
+    """
+    external = set(metrics.get("external_sites") or ())
+    comp = metrics.get("vs_champion") or {}
+    rows = []
+    for scope in _scope_names(metrics):
+        m = (metrics.get(scope) or {}).get("patient") or {}
+        row: dict[str, Any] = {"scope": scope, "external": scope.startswith("site_") and scope[5:] in external,
+                               "n_patients": m.get("n_patients", 0), "n_pos": m.get("n_pos", 0)}
+        for k in SITE_TABLE_KEYS:
+            row.update({k: m.get(k), f"{k}_lo": m.get(f"{k}_lo"), f"{k}_hi": m.get(f"{k}_hi")})
+        paired = ((comp.get(scope) or {}).get("patient") or {}) if comp else {}
+        for k in ("f1", "auroc"):
+            if k in paired:
+                row[f"{k}_diff"], row[f"{k}_p"] = paired[k].get("diff"), paired[k].get("p")
+        rows.append(row)
+    return rows
+
+
+def format_site_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Fixed-width text of :func:`site_table` rows (ACC/SEN/SPE/F1 in percent with CIs; AUROC 0-1)."""
+    has_comp = any("f1_diff" in r for r in rows)
+    head = f"{'scope':<10} {'patients':>8} {'pos':>4}  " + "  ".join(f"{k.upper():<20}" for k in SITE_TABLE_KEYS)
+    lines = [head + ("  dF1 vs champion (p)" if has_comp else "")]
+    for r in rows:
+        cells = [_fmt(r.get(k), r.get(f"{k}_lo"), r.get(f"{k}_hi"), k in M.BINARY_KEYS) for k in SITE_TABLE_KEYS]
+        line = (f"{r['scope'] + ('*' if r.get('external') else ''):<10} {r.get('n_patients') or 0:>8} "
+                f"{r.get('n_pos') or 0:>4}  " + "  ".join(f"{c:<20}" for c in cells))
+        if has_comp:
+            line += f"  {_fmt(r.get('f1_diff'), percent=True)} ({_fmt(r.get('f1_p'))})" if "f1_diff" in r else "  -"
+        lines.append(line.rstrip())
+    lines.append("* external site (never trained on); n/a = undefined (e.g. no positive patient)")
+    return "\n".join(lines)
+
+
+def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """``{scope: {<k>: value}}`` of the patient-level :data:`HEADLINE_KEYS` plus the vertebra-level AUROC and
+    calibration slope, and the paired differences vs the champion: flat enough for ``dvc metrics show``."""
+    out: dict[str, Any] = {"threshold": metrics.get("threshold")}
+    for scope in _scope_names(metrics):
+        pat = (metrics.get(scope) or {}).get("patient") or {}
+        vert = (metrics.get(scope) or {}).get("vertebra") or {}
+        out[scope] = {**{k: pat.get(k) for k in HEADLINE_KEYS},
+                      "vertebra_auroc": vert.get("auroc"), "vertebra_cal_slope": vert.get("cal_slope")}
+    comp = metrics.get("vs_champion")
+    if comp:
+        out["vs_champion"] = {"n_patients_common": comp.get("n_patients_common")}
+        for scope in _scope_names(metrics):
+            paired = (comp.get(scope) or {}).get("patient") or {}
+            if paired:
+                out["vs_champion"][scope] = {f"{k}_{part}": paired[k].get(part) for k in ("f1", "auroc")
+                                             if k in paired for part in ("diff", "p")}
+    return _clean(out)
+
+
+def scalar_metrics(block: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """``{prefix}.{scope}.{level}.{metric}`` for every site and pooled scope (headline metrics only; MLflow)."""
+    keys = ("acc", "sen", "spe", "f1", "auroc", "auprc", "bmd_r", "bmd_mae", "n")
+    out = {}
+    for scope, levels in block.items():
+        if not (scope.startswith("site_") or scope in ("internal", "external", "pooled")) or not levels:
+            continue
+        for level, values in levels.items():
+            if not (values or {}).get("n"):
+                continue                                                       # empty scope: absent, not 0
+            for k in keys:
+                v = (values or {}).get(k)
+                if v is not None:
+                    out[f"{prefix}.{scope}.{level}.{k}"] = v
+    return out
+
+
 # --------------------------------------------------------------------------- I/O shell: files, plots, report
 
 _HEADLINE = ("n_patients", "n", "n_pos", "acc", "sen", "spe", "f1", "auroc", "auprc", "bmd_r", "bmd_mae",
@@ -382,10 +471,10 @@ def _html(metrics: Mapping[str, Any], images: Mapping[str, Path]) -> str:
 
 
 def write_evaluation(metrics: Mapping[str, Any], pred: pd.DataFrame, out_dir: str | Path,
-                     reliability_bins: int = 10) -> list[Path]:
+                     reliability_bins: int = 10, plots_dir: str | Path | None = None) -> list[Path]:
     """Write the evaluation files and return their paths.
 
-    Files under ``out_dir``: ``metrics.json`` (for ``dvc metrics show``), ``plots/roc_patient_<scope>.csv``
+    Files under ``out_dir``: ``metrics.json`` (the full metrics dict), ``plots/roc_patient_<scope>.csv``
     (fpr, tpr, threshold), ``plots/reliability_vertebra_pooled.csv``, ``plots/confusion_patient.csv``
     (site, actual, predicted; DVC confusion template), ``roc.png``, ``reliability.png``,
     ``confusion.png`` and ``report.html`` (self-contained, plots embedded as base64).
@@ -395,9 +484,12 @@ def write_evaluation(metrics: Mapping[str, Any], pred: pd.DataFrame, out_dir: st
         pred: the same predictions (vertebra rows).
         out_dir: output folder (created).
         reliability_bins: bins of the reliability files (use ``cfg.reliability_bins``).
+        plots_dir: folder of the CSV plot data instead of ``out_dir/plots`` (the DVC stage keeps
+            them under ``<paths.metrics>/plots``).
     """
     out = Path(out_dir)
-    plots = out / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    plots = Path(plots_dir) if plots_dir is not None else out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     pred = _check_frame(pred, "pred")
     patients = M.patient_table(pred, float(metrics["threshold"]))

@@ -211,6 +211,10 @@ def run_training(params: Mapping[str, Any], method: str = "tp_swav", overrides: 
                         run_id=parent_run_id) as run_id:
         result = _run(params, method, frames, out, tracker, init_encoder, stages, resume)
         result.run_id = run_id
+        if result.metrics:  # headline metrics on the parent too: parents compare side by side in the MLflow UI
+            tracker.log_metrics({"threshold": result.threshold,
+                                 **E.scalar_metrics(result.metrics["valid"], "valid"),
+                                 **E.scalar_metrics(result.metrics["test"], "test")})
         if result.model_path is not None and method != "screening":
             result.model_uri = tracker.log_pyfunc(result.model_path)
         if tracker.enabled and tracker.history:
@@ -260,8 +264,8 @@ def _run(params: Mapping[str, Any], method: str, frames: Frames, out: Path, trac
                    "threshold_choice": None if choice is None else choice.__dict__,
                    "valid": E.evaluate_predictions(valid, ecfg, threshold),
                    "test": E.evaluate_predictions(test, ecfg, threshold), "timings": timings}
-        tracker.log_metrics({"threshold": threshold, **_scalar_metrics(metrics["valid"], "valid")})
-        tracker.log_metrics(_scalar_metrics(metrics["test"], "test"))
+        tracker.log_metrics({"threshold": threshold, **E.scalar_metrics(metrics["valid"], "valid")})
+        tracker.log_metrics(E.scalar_metrics(metrics["test"], "test"))
         for split, pred in (("valid", valid), ("test", test)) if tracker.enabled else ():
             tracker.log_figure(confusion_figure(pred, threshold, split), f"plots/confusion_{split}.png")
             tracker.log_figure(roc_figure(pred, f"ROC {split} (vertebra level)"), f"plots/roc_{split}.png")
@@ -363,23 +367,6 @@ def _store_threshold(bundle: Path, choice: ThresholdChoice | None, threshold: fl
     state = torch.load(bundle, map_location="cpu", weights_only=False)
     state["threshold"] = choice.__dict__ if choice is not None else {"threshold": float(threshold)}
     torch.save(state, bundle)
-
-
-def _scalar_metrics(block: Mapping[str, Any], prefix: str) -> dict[str, float]:
-    """``{prefix}.{scope}.{level}.{metric}`` for every site and pooled scope (headline metrics only)."""
-    keys = ("acc", "sen", "spe", "f1", "auroc", "auprc", "bmd_r", "bmd_mae", "n")
-    out = {}
-    for scope, levels in block.items():
-        if not (scope.startswith("site_") or scope in ("internal", "external", "pooled")) or not levels:
-            continue
-        for level, values in levels.items():
-            if not (values or {}).get("n"):
-                continue                                                       # empty scope: absent, not 0
-            for k in keys:
-                v = (values or {}).get(k)
-                if v is not None:
-                    out[f"{prefix}.{scope}.{level}.{k}"] = v
-    return out
 
 
 def _montage(frames: Frames, n: int = 3):

@@ -10,7 +10,8 @@ Artefacts written to ``out_dir``:
 * ``last.pt``: the resumable training checkpoint (see :mod:`osteo_model.checkpoint`);
 * ``encoder.pt`` (pretraining) / ``model.pt`` (fine-tuning): a bundle with the
   weights, the ``model:`` config, the ChannelNorm state and the I/O contract
-  (modality, channels, units, intended use), plus the validation threshold
+  (:func:`io_contract`: modality, channels, HU window, spacing, ROI shape, feature
+  service, intended use), plus the validation threshold
   when a validation frame is given.
 """
 from __future__ import annotations
@@ -37,14 +38,33 @@ from osteo_model.norm import ChannelNorm
 from osteo_model.swav import SwAVModel, SwAVObjective
 from osteo_model.train import MetricsCallback, Objective, fit, resolve_device, seed_everything
 
+# Feast FeatureService whose texture pools the model reads: the contract between features/ and osteo_model/
+SCREENING_FEATURE_SERVICE = "osteo_screening_v1"
+
 IO_CONTRACT = {
-    "modality": "CT", "unit": "vertebra",
-    "input": f"texture pool float32 (5, x, y, z), channels {list(POOL_CHANNELS)}, HU window per ingest params",
+    "modality": "CT", "unit": "vertebra", "orientation": "RAS", "feature_service": SCREENING_FEATURE_SERVICE,
+    "input": f"texture pool float32 (5, x, y, z) in raw units, channels {list(POOL_CHANNELS)} "
+             "(HU clipped to hu_window, then the 4 GLCM maps); the model normalises and resamples it",
+    "channels": list(POOL_CHANNELS),
     "device_input": "DXA vendor index (model.moe.device_vendors; last index = unknown)",
     "outputs": {"score": "P(osteoporosis, WHO T <= -2.5) in [0, 1]", "bmd_g_cm2": "areal BMD as the vendor's DXA",
                 "level": "vertebra position 1-18"},
     "intended_use": "research: opportunistic osteoporosis screening from routine CT; not a diagnostic device",
 }
+
+
+def io_contract(params: Mapping[str, Any]) -> dict[str, Any]:
+    """:data:`IO_CONTRACT` completed with the geometry the model was trained on (MONAI-bundle style).
+
+    Adds the ingest grid (``spacing_mm`` mm, ``roi_shape`` voxels, ``hu_window`` HU), the texture
+    discretisation (``bin_width`` HU or ``bin_count``, ``kernel_radius`` voxels) and
+    ``model.input_shape``: a caller producing pools any other way gets a different model.
+    """
+    ing, tex = params.get("ingest") or {}, params.get("texture") or {}
+    return {**IO_CONTRACT, "hu_window": ing.get("hu_window"), "spacing_mm": ing.get("spacing_mm"),
+            "roi_shape": ing.get("roi_shape"),
+            "texture": {k: tex.get(k) for k in ("bin_width", "bin_count", "kernel_radius", "fill_value")},
+            "model_input_shape": (params.get("model") or {}).get("input_shape")}
 
 
 @dataclass(frozen=True)
@@ -115,7 +135,7 @@ def run_finetune(params: Mapping[str, Any], train_frame: pd.DataFrame, interim_d
         threshold = select_threshold(pred["score"].to_numpy(), labels, mcfg.companion.min_sensitivity)
     bundle = Path(out_dir) / "model.pt"
     torch.save({"state_dict": res.model.state_dict(), "norm": norm.state_dict(), "model_config": mcfg.to_dict(),
-                "init": tag, "io": IO_CONTRACT, "threshold": None if threshold is None else threshold.__dict__,
+                "init": tag, "io": io_contract(params), "threshold": None if threshold is None else threshold.__dict__,
                 "steps": res.steps}, bundle)
     return StageResult(bundle, res.steps, res.last_metrics, threshold)
 

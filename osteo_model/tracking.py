@@ -1,7 +1,8 @@
 """MLflow tracking, a thin layer: runs, params, data/code versions, plots and the pyfunc model.
 
 One **parent run** per training pipeline, one **child run** per stage
-(``pretrain``, ``finetune``, ``evaluate-valid``). Everything MLflow-specific
+(``pretrain``, ``finetune``, ``evaluate-valid``, and ``evaluate``: the test-split
+evaluation of ``osteo evaluate``, which reopens the parent). Everything MLflow-specific
 lives here; :mod:`osteo_model.experiment` only calls :class:`Tracker`, which
 turns into a no-op when tracking is off (so the pipeline has no ``if``s).
 
@@ -15,13 +16,17 @@ What a parent run carries (for filtering and comparing runs in the MLflow UI):
   the ``dvc.lock`` md5 of the texture stage when present);
 * system metrics (``log_system_metrics``; needs psutil).
 
-The logged model (:class:`ScreeningPyfunc`) takes a **tensor**, never a table
-with ids or paths: input = float32 texture pools (B, 5, X, Y, Z) in raw units
-(HU + the 4 GLCM maps of the data contract §3, any grid: the model normalises
-and resamples to ``model.input_shape``); param ``device_vendor`` (default
-``Hologic``: "what would a Hologic DXA say"); output = one row per pool with
-``score``, ``bmd_g_cm2``, ``level``, ``screen_positive`` (score >= the stored
-validation threshold). The input example is synthetic (every voxel at the
+The logged model (:class:`ScreeningPyfunc`) takes either float32 texture pools
+(B, 5, X, Y, Z) in raw units (HU + the 4 GLCM maps of the data contract §3, any
+grid: the model normalises and resamples to ``model.input_shape``) or a vertebra
+table with a ``pool_uri`` column (absolute path of each pool .npy) and an optional
+per-row ``device_vendor``; param ``device_vendor`` (default ``Hologic``: "what
+would a Hologic DXA say"); output = one row per vertebra with ``score``,
+``bmd_g_cm2``, ``level``, ``screen_positive`` (score >= the stored validation
+threshold) and no input column, so no identifier travels through. The I/O
+contract (:func:`model_contract`: modality, HU window, spacing, ROI shape,
+channels, feature service, intended use, threshold) is logged as the model's
+``io_contract`` metadata. The input example is synthetic (every voxel at the
 training channel mean), so it carries no patient data.
 """
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from osteo.params import params_hash
+from osteo.params import DEFAULT_TRACKING_URI, params_hash, resolve_tracking_uri
 
 PARAM_SECTIONS = ("model", "train", "texture")
 INGEST_KEYS = ("spacing_mm", "roi_shape")
@@ -46,14 +51,32 @@ TAG_KEYS = ("method", "backbone", "pretrain", "moe", "loss", "profile", "data_ve
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """The ``tracking:`` section of params.yaml (keys commented there)."""
+    """The ``tracking:`` section of params.yaml (keys commented there).
 
-    uri: str = "sqlite:///mlflow.db"
+    ``profile`` picks the database: ``local`` -> ``uri``, ``production`` -> ``production_uri``;
+    :attr:`active_uri` is what every run is logged to (:func:`osteo.params.resolve_tracking_uri`,
+    the same resolver the registry uses).
+    """
+
+    profile: str = "local"
+    uri: str = DEFAULT_TRACKING_URI
+    production_uri: str | None = None
     artifact_location: str = "mlartifacts"
     experiment: str = "osteo-training"
     log_system_metrics: bool = True
     system_metrics_interval_s: float = 10.0
     log_model: bool = True
+
+    def __post_init__(self) -> None:
+        resolve_tracking_uri(self._uris())                 # a bad profile fails here, with what to fix
+
+    def _uris(self) -> dict[str, Any]:
+        return {"profile": self.profile, "uri": self.uri, "production_uri": self.production_uri}
+
+    @property
+    def active_uri(self) -> str:
+        """The tracking + registry URI of the active profile."""
+        return resolve_tracking_uri(self._uris())
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "TrackingConfig":
@@ -224,7 +247,7 @@ class Tracker:
 
     def _experiment_id(self) -> str:
         import mlflow
-        mlflow.set_tracking_uri(self.cfg.uri)
+        mlflow.set_tracking_uri(self.cfg.active_uri)
         exp = mlflow.get_experiment_by_name(self.cfg.experiment)
         if exp is not None:
             return exp.experiment_id
@@ -314,15 +337,22 @@ class Tracker:
             mlflow.log_artifact(str(path), artifact_path)
 
     def log_pyfunc(self, bundle: Path, name: str = "model") -> str | None:
-        """Log ``model.pt`` as an MLflow pyfunc (signature + synthetic input example); returns the model URI."""
+        """Log ``model.pt`` as an MLflow pyfunc (signature, synthetic input example, I/O contract as
+        model metadata ``io_contract``); returns the model URI."""
         if not (self.enabled and self.cfg.log_model):
             return None
         import mlflow
-        signature, example = pyfunc_signature(bundle)
+        signature, example, contract = pyfunc_signature(bundle)
         info = mlflow.pyfunc.log_model(name=name, python_model=ScreeningPyfunc(), artifacts={"bundle": str(bundle)},
-                                       signature=signature, input_example=example,
-                                       pip_requirements=_requirements())
+                                       signature=signature, input_example=(example, {"device_vendor": "Hologic"}),
+                                       pip_requirements=_requirements(), metadata={"io_contract": contract})
         return info.model_uri
+
+    def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
+        """Every file under ``folder`` (a report with its plots) into the active run."""
+        if self.enabled and Path(folder).is_dir():
+            import mlflow
+            mlflow.log_artifacts(str(folder), artifact_path)
 
 
 def _has_psutil() -> bool:
@@ -343,21 +373,52 @@ def _requirements() -> list[str]:
 
 # --------------------------------------------------------------------------- pyfunc model
 
+PYFUNC_INPUTS = {
+    "tensor": "float32 (B, 5, X, Y, Z) texture pools in raw units; param device_vendor (default Hologic)",
+    "table": "DataFrame, one row per vertebra: pool_uri (absolute path or file:// URI of the pool .npy), "
+             "optional device_vendor (per row; missing -> the device_vendor param); other columns are ignored",
+}
+
+
+def model_contract(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The I/O contract logged with the model: the bundle's ``io`` + operating point + accepted inputs."""
+    op = dict(state.get("threshold") or {})
+    return {**dict(state.get("io") or {}), "threshold": op.get("threshold"), "operating_point": op,
+            "threshold_source": "validation split (never tuned on test data)", "pyfunc_inputs": PYFUNC_INPUTS}
+
+
 def pyfunc_signature(bundle: Path):
-    """Tensor signature (B, 5, X, Y, Z) float32 + ``device_vendor`` param, and a synthetic input example."""
+    """Output schema + ``device_vendor`` param, a synthetic tensor input example and the I/O contract.
+
+    The input schema is left unset on purpose: an MLflow signature is either tensor- or
+    column-based and enforcing one rejects the other, while the model accepts both a
+    (B, 5, X, Y, Z) tensor and a vertebra table with ``pool_uri``; ``predict`` checks its
+    input itself and the accepted forms are documented in the contract (``pyfunc_inputs``).
+    """
     import torch
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
     state = torch.load(bundle, map_location="cpu", weights_only=False)
     mean = np.asarray(state["norm"]["mean"], dtype=np.float32)                     # (5,)
     grid = tuple(state["model_config"].get("input_shape") or (16, 16, 16))
     example = np.broadcast_to(mean[None, :, None, None, None], (1, len(mean), *grid)).copy()  # (1, 5, X, Y, Z)
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(mean), -1, -1, -1))]),
+        inputs=None,
         outputs=Schema([ColSpec("double", "score"), ColSpec("double", "bmd_g_cm2"), ColSpec("long", "level"),
                         ColSpec("long", "screen_positive")]),
         params=ParamSchema([ParamSpec("device_vendor", "string", "Hologic")]))
-    return signature, example
+    return signature, example, model_contract(state)
+
+
+def pool_file(uri: Any) -> Path:
+    """An absolute pool path from a ``pool_uri`` value (plain absolute path or ``file://`` URI)."""
+    from urllib.parse import unquote, urlparse
+    text = str(uri)
+    path = Path(unquote(urlparse(text).path)) if text.startswith("file://") else Path(text)
+    if not path.is_absolute():
+        raise ValueError(f"pool_uri {text!r} is not absolute: pass the absolute path (or file:// URI) of the "
+                         "texture-pool .npy, e.g. <paths.interim>/texture/<pool_path>")
+    return path
 
 
 try:  # the pyfunc base class only exists with mlflow installed; importing it has no side effects
@@ -367,7 +428,8 @@ except ImportError:  # pragma: no cover - mlflow is a pinned dependency
 
 
 class ScreeningPyfunc(_PythonModel):
-    """MLflow pyfunc around ``model.pt``: raw texture pools in, scores / BMD / level / decision out."""
+    """MLflow pyfunc around ``model.pt``: texture pools (a tensor, or a vertebra table with ``pool_uri``)
+    in, one row per vertebra out: ``score``, ``bmd_g_cm2``, ``level``, ``screen_positive``."""
 
     def load_context(self, context: Any) -> None:
         from osteo_model.pipeline import load_model
@@ -375,6 +437,18 @@ class ScreeningPyfunc(_PythonModel):
         self.threshold = float((state.get("threshold") or {}).get("threshold", 0.5))
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would enforce its own
+        vendor = (params or {}).get("device_vendor", "Hologic")
+        if isinstance(model_input, pd.DataFrame):
+            return self._predict_table(model_input, vendor)
+        return self._predict_tensor(model_input, vendor)
+
+    def _output(self, score: np.ndarray, bmd: np.ndarray, level: np.ndarray, index: Any = None) -> pd.DataFrame:
+        score = np.asarray(score, dtype=np.float64)
+        return pd.DataFrame({"score": score, "bmd_g_cm2": np.asarray(bmd, dtype=np.float64),
+                             "level": np.asarray(level, dtype=np.int64),
+                             "screen_positive": (score >= self.threshold).astype(np.int64)}, index=index)
+
+    def _predict_tensor(self, model_input: Any, vendor: str) -> pd.DataFrame:
         import torch
         from osteo_model.data import resample_pool
         from osteo_model.moe import decode_outputs
@@ -382,11 +456,22 @@ class ScreeningPyfunc(_PythonModel):
         if pools.ndim != 5:
             raise ValueError(f"expected pools of shape (B, 5, X, Y, Z), got {pools.shape}")
         x = np.stack([resample_pool(self.norm.transform(p), self.mcfg.input_shape) for p in pools])
-        vendor = (params or {}).get("device_vendor", "Hologic")
         device = torch.full((len(x),), self.mcfg.moe.device_index(vendor), dtype=torch.long)
         with torch.no_grad():
             dec = decode_outputs(self.model(torch.from_numpy(x), device), self.mcfg.moe)
-        score = dec["score"].numpy().astype(np.float64)
-        return pd.DataFrame({"score": score, "bmd_g_cm2": dec["bmd_g_cm2"].numpy().astype(np.float64),
-                             "level": dec["level"].numpy().astype(np.int64),
-                             "screen_positive": (score >= self.threshold).astype(np.int64)})
+        return self._output(dec["score"].numpy(), dec["bmd_g_cm2"].numpy(), dec["level"].numpy())
+
+    def _predict_table(self, table: pd.DataFrame, vendor: str) -> pd.DataFrame:
+        """Same preprocessing as training (:func:`osteo_model.pipeline.predict_frame`); the output keeps
+        the input's index and carries no column of the input (no identifiers travel through)."""
+        from osteo_model.pipeline import predict_frame
+        if "pool_uri" not in table.columns:
+            raise ValueError("a DataFrame input needs a 'pool_uri' column (absolute path of each vertebra's "
+                             f"texture-pool .npy) and optionally 'device_vendor'; got columns {list(table.columns)}")
+        vendors = table["device_vendor"] if "device_vendor" in table.columns else pd.Series(None, index=table.index)
+        frame = pd.DataFrame({"pool_path": [str(pool_file(u)) for u in table["pool_uri"]],
+                              "device_vendor": vendors.where(vendors.notna(), vendor).to_numpy()})
+        pred = predict_frame(self.model, self.norm, frame, Path("/"), self.mcfg.moe,
+                             input_shape=self.mcfg.input_shape)                        # absolute paths: root unused
+        return self._output(pred["score"].to_numpy(), pred["bmd_pred"].to_numpy(), pred["level_pred"].to_numpy(),
+                            index=table.index)

@@ -35,3 +35,11 @@ class ArtifactDigestError(RegistryError):
             f"{name} v{version}: artifact sha256 {found[:16]}... differs from {recorded[:16]}... recorded at "
             "registration; the model files changed after registration - register the new files as a new version"
         )
+
+
+class EvaluationMissingError(RegistryError):
+    """No complete evaluation of the candidate (``evaluate.json`` or its metrics file is missing)."""
+
+
+class StaleEvaluationError(RegistryError):
+    """The evaluation on disk belongs to another candidate, or its metrics file changed after it was written."""

@@ -34,7 +34,7 @@ CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 STATUS_TAG, DIGEST_TAG = "osteo.status", "osteo.artifact_sha256"
 # MLflow bookkeeping written into the model folder at registration; not part of the model
 DIGEST_EXCLUDE = frozenset({"registered_model_meta"})
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"      # params.yaml registry.tracking_uri (local profile)
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"      # params.yaml tracking.uri (local profile)
 MAX_TAG = 8000                                    # MLflow's tag value limit (characters)
 HEADLINE = ("acc", "sen", "spe", "f1", "auroc")
 
@@ -80,23 +80,40 @@ def _client(tracking_uri: str) -> Any:
 
 
 def aliases(name: str, tracking_uri: str = DEFAULT_TRACKING_URI) -> dict[str, str]:
-    """Alias -> version of a registered model (empty when it has none)."""
-    return {k: str(v) for k, v in _client(tracking_uri).get_registered_model(name).aliases.items()}
+    """Alias -> version of a registered model (empty when it has none or is not registered yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = _client(tracking_uri).get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+    return {k: str(v) for k, v in model.aliases.items()}
 
 
 def _version_digest(tracking_uri: str, name: str, version: str) -> str:
     from mlflow.artifacts import download_artifacts
 
+    # the version's own artifact location: MLflow resolves a models:/ URI through the process-global
+    # registry URI, which is not this registry's in a fresh `osteo registry ...` process
+    source = _client(tracking_uri).get_model_version_download_uri(name, version)
     with tempfile.TemporaryDirectory(prefix="osteo-digest-") as tmp:
-        local = download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=tracking_uri)
+        local = download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
         return artifact_digest(local)
 
 
 def _source(client: Any, model_uri: str) -> tuple[str, str | None, str | None]:
-    """(source, run_id, model_id) for ``create_model_version`` from a logged-model or run URI."""
+    """(source, run_id, model_id) for ``create_model_version`` from a logged-model or run URI.
+
+    A logged model is registered from its artifact location (not ``models:/m-...``): MLflow's SQL
+    registry store resolves a ``models:/`` source through the process-global tracking URI, which
+    is not the registry's in a fresh ``osteo registry promote`` process.
+    """
     if model_uri.startswith("models:/m-"):
         model_id = model_uri[len("models:/"):].split("/")[0]
-        return model_uri, client.get_logged_model(model_id).source_run_id, model_id
+        logged = client.get_logged_model(model_id)
+        return logged.artifact_location, logged.source_run_id, model_id
     if model_uri.startswith("runs:/"):
         from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 

@@ -71,6 +71,9 @@ def test_per_step_losses_and_per_site_validation_metrics_are_logged(tracked):
         assert valid[f"valid.site_{site}.vertebra.n"] == result.metrics["valid"][f"site_{site}"]["vertebra"]["n"]
     assert "valid.site_D.vertebra.n" not in valid                                 # site D is test only
     assert valid["threshold"] == pytest.approx(result.threshold)
+    parent = client.get_run(result.run_id).data.metrics                           # parents compare side by side
+    assert parent["test.site_D.patient.n"] == result.metrics["test"]["site_D"]["patient"]["n"]
+    assert parent["valid.site_A.vertebra.n"] == valid["valid.site_A.vertebra.n"]
 
 
 def test_plots_are_logged_as_artifacts(tracked):
@@ -95,6 +98,9 @@ def test_logged_model_predicts_its_input_example_and_carries_no_identifiers(trac
     assert list(out.columns) == ["score", "bmd_g_cm2", "level", "screen_positive"] and len(out) == 1
     assert 0.0 <= out["score"].iloc[0] <= 1.0
     assert out["screen_positive"].iloc[0] == int(out["score"].iloc[0] >= result.threshold)
+    contract = meta.metadata["io_contract"]                                       # the I/O contract travels along
+    assert contract["modality"] == "CT" and contract["threshold"] == pytest.approx(result.threshold)
+    assert contract["roi_shape"] == tracked[0]["ingest"]["roi_shape"] and "table" in contract["pyfunc_inputs"]
     table = pd.read_parquet(root / "processed" / "training_table.parquet")
     secrets = set(table["patient_id"]) | set(table["study_id"]) | {str(root), "pool_path", "patient", "study"}
     texts = [json.dumps(meta.signature.to_dict()), json.dumps(example.tolist())]
