@@ -461,7 +461,9 @@ def demo(ctx: typer.Context) -> None:
         typer.echo(f"  training table: {features['rows']} labelled vertebrae {features['by_split']}")
     _print_retrain_summary(result, params)
     typer.echo(f"== done in {time.perf_counter() - t0:.0f} s")
-    uri = params["tracking"]["uri"]
+    from osteo.params import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(params.get("tracking"))
     typer.echo(f"Compare runs in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
                "  -> http://127.0.0.1:5000 (experiment " + params["tracking"]["experiment"] + ")")
     typer.echo("Registry:  .venv/bin/osteo registry status  |  .venv/bin/osteo registry log")
