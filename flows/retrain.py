@@ -84,7 +84,7 @@ def _summary(outcome: Mapping[str, Any]) -> str:
     listed = [g if isinstance(g, str) else
               f"{g.get('gate')} {g.get('scope')}/{g.get('level')} {g.get('metric')} = {g.get('value')} (bound {g.get('bound')})"
               for g in gates]
-    why = "; ".join(listed + [str(r) for r in outcome.get("reasons") or [] if str(r) not in listed])
+    why = "; ".join(listed or [str(r) for r in outcome.get("reasons") or []])
     return f"version {outcome.get('version')} rejected: {len(gates)} failed gate(s): {why}"
 
 

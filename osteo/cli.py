@@ -375,19 +375,10 @@ def deploy(ctx: typer.Context) -> None:
     serve(dep)
 
 
-def _table(rows: list[dict[str, Any]]) -> list[str]:
-    """Rows of dicts as aligned text lines (numbers to one decimal)."""
-    cols = list(rows[0])
-    cells = [[c for c in cols]] + [[f"{r.get(c):.1f}" if isinstance(r.get(c), float) else str(r.get(c, ""))
-                                    for c in cols] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    return ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
-
-
 def _print_retrain_summary(result: dict[str, Any], params: dict[str, Any]) -> None:
     """One screen: the retrain flow's outcome, per-site test metrics, gates and aliases."""
     typer.echo(f"flow retrain: {result['state'].upper()}")
-    if result.get("message"):
+    if result.get("message") and result["state"] != "rejected":  # a rejection's gates are listed below
         typer.echo(f"  {result['message']}")
     if "finetune" in result:
         f = result["finetune"]
@@ -396,15 +387,19 @@ def _print_retrain_summary(result: dict[str, Any], params: dict[str, Any]) -> No
     ev = result.get("evaluate") or {}
     table = ev.get("per_site") or []
     if table:
-        typer.echo("  test split, patient level (any-vertebra rule):")
-        for line in _table(table):
+        typer.echo("  test split, patient level (any-vertebra rule), [95% patient-bootstrap CI]:")
+        for line in steps.format_site_table(table).splitlines():
             typer.echo("    " + line)
     prom = result.get("promotion") or {}
     if prom:
-        typer.echo(f"  registry: {params['registry']['model_name']} v{prom.get('version')} {prom.get('state')}; "
-                   f"aliases {prom.get('aliases')}")
+        typer.echo(f"  registry: {params['registry']['model_name']} v{prom.get('version')} {prom.get('state').upper()}; "
+                   f"aliases {prom.get('aliases') or '{} (no champion yet)'}")
         for g in prom.get("failed_gates") or []:
-            typer.echo(f"    failed gate: {g}")
+            bound = g.get("bound") or [None, None]
+            rule = " and ".join(x for x in (f">= {bound[0]:g}" if bound[0] is not None else "",
+                                            f"<= {bound[1]:g}" if len(bound) > 1 and bound[1] is not None else "") if x)
+            typer.echo(f"    failed gate {g.get('gate')}: {g.get('scope')} {g.get('level')} {g.get('metric')} = "
+                       f"{g.get('value'):.3g}, needs {rule}")
 
 
 def _print_flow_summary(result: dict[str, Any], params: dict[str, Any]) -> None:

@@ -1,6 +1,8 @@
-"""`dvc repro` on the tiny profile: builds the pipeline, a second repro is a no-op, a failing gate stops it."""
+"""`dvc repro` on the tiny profile: builds the whole pipeline (cohort → … → promote), a second repro is a no-op,
+a failing data gate stops it before the feature store."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -35,19 +37,25 @@ def _set(wd: Path, dotted: str, value) -> None:
     (wd / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+@pytest.mark.timeout(2400)          # the whole pipeline, three times, on 2 cores
 def test_repro_builds_then_noop_then_stops_at_a_failing_gate(tmp_path):
     wd = tmp_path / "repo"
     shutil.copytree(REPO, wd, ignore=IGNORE)
     subprocess.run(["git", "init", "-q"], cwd=wd, check=True)
     _set(wd, "profile", "tiny")
-    _set(wd, "profiles.tiny.cohort.scale", 0.004)   # ~16 patients: the stages, not the volume, are under test
 
     first = _dvc(wd, "repro")
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     for out in ("data/raw/ct_studies.csv", "data/interim/ingest/vertebrae.parquet", "data/interim/texture/texture.parquet",
                 "reports/validation/tables.json", "data/interim/splits/splits.parquet",
-                "data/processed/training_table.parquet", "dvc.lock"):
+                "data/processed/training_table.parquet", "models/pretrain/encoder.pt", "models/finetune/model.pt",
+                "metrics/train.json", "metrics/evaluate.json", "reports/evaluation/report.html",
+                "metrics/promotion.json", "dvc.lock"):
         assert (wd / out).exists(), out
+    promotion = json.loads((wd / "metrics" / "promotion.json").read_text())
+    assert promotion["state"] in ("promoted", "rejected") and promotion["version"] == "1"
+    shown = _dvc(wd, "metrics", "show")
+    assert shown.returncode == 0 and "metrics/evaluate.json" in shown.stdout, shown.stdout + shown.stderr
 
     second = _dvc(wd, "repro")
     assert second.returncode == 0
