@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -235,3 +236,56 @@ def select_threshold(scores: np.ndarray, labels: np.ndarray, min_sensitivity: fl
     best = np.lexsort((-sens[feasible], -spec[feasible]))[0]               # max spec, then max sens
     i = np.flatnonzero(feasible)[best]
     return ThresholdChoice(float(thr[i]), float(sens[i]), float(spec[i]), float(min_sensitivity), n_pos, n_neg)
+
+
+# --------------------------------------------------------------------------- operating point helpers
+
+def patient_max(scores: np.ndarray, labels: np.ndarray, patient_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patient (max score, max label): the any-vertebra rule of METHOD §6 as one row per patient.
+
+    A threshold t on these rows gives exactly the patient-level decisions of applying t to every vertebra.
+    """
+    frame = pd.DataFrame({"p": np.asarray(patient_ids), "s": np.asarray(scores, dtype=np.float64),
+                          "y": np.asarray(labels)})
+    agg = frame.groupby("p", sort=True).agg(s=("s", "max"), y=("y", "max"))
+    return agg["s"].to_numpy(), agg["y"].to_numpy()
+
+
+@dataclass(frozen=True)
+class PlattCalibration:
+    """``p = sigmoid(a * logit(score) + b)``, fitted on validation vertebrae (monotone: AUROC unchanged)."""
+
+    a: float = 1.0
+    b: float = 0.0
+
+    def apply(self, scores: np.ndarray) -> np.ndarray:
+        s = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, 1 - 1e-6)
+        z = self.a * np.log(s / (1 - s)) + self.b
+        return 1.0 / (1.0 + np.exp(-z))
+
+    @classmethod
+    def fit(cls, scores: np.ndarray, labels: np.ndarray) -> "PlattCalibration":
+        """Maximum-likelihood (a, b) by Newton's method on the logistic log-loss.
+
+        Raises:
+            ValueError: a class is missing, or the fit does not converge / gives a non-increasing map (a <= 0).
+        """
+        y = np.asarray(labels, dtype=np.float64).ravel()
+        s = np.clip(np.asarray(scores, dtype=np.float64).ravel(), 1e-6, 1 - 1e-6)
+        if y.min() == y.max():
+            raise ValueError("calibration needs both classes in the validation split")
+        x = np.stack([np.log(s / (1 - s)), np.ones_like(s)], axis=1)            # (n, 2)
+        w = np.zeros(2)                                                          # Newton from 0: converges unless separable
+        for _ in range(100):
+            p = 1.0 / (1.0 + np.exp(-(x @ w)))
+            grad = x.T @ (p - y)
+            hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-9 * np.eye(2)
+            step = np.linalg.solve(hess, grad)
+            w = w - step
+            if np.abs(step).max() < 1e-10:
+                break
+        else:
+            raise ValueError("Platt calibration did not converge (separable validation scores?)")
+        if not (np.isfinite(w).all() and w[0] > 0):
+            raise ValueError(f"Platt calibration gave a={w[0]:.3g}: scores do not rank validation cases")
+        return cls(float(w[0]), float(w[1]))

@@ -111,10 +111,14 @@ class CompanionConfig:
     pseudo_momentum: float = 0.5
     min_sensitivity: float = 0.86
     tscore_weight: float = 1.0
+    threshold_level: str = "vertebra"
+    calibrate: bool = False
 
     def __post_init__(self) -> None:
         _check(0 <= self.pseudo_momentum < 1, "model.companion.pseudo_momentum in [0, 1)")
         _check(0 < self.min_sensitivity <= 1, "model.companion.min_sensitivity in (0, 1]")
+        _check(self.threshold_level in ("vertebra", "patient"),
+               f"model.companion.threshold_level={self.threshold_level!r}: vertebra | patient")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ import torch
 from osteo.params import deep_merge, params_hash
 from osteo_model import evaluate as E
 from osteo_model.baselines import L1_LEVEL, L1HURule, RadiomicsLogistic
-from osteo_model.companion import ThresholdChoice, refine_pseudo_bmd, select_threshold
+from osteo_model.companion import (PlattCalibration, ThresholdChoice, patient_max, refine_pseudo_bmd,
+                                   select_threshold)
 from osteo_model.config import POOL_CHANNELS, ModelConfig
 from osteo_model.pipeline import (TripletMultiTaskObjective, load_model, predict_frame, predict_screening,
                                   run_finetune, run_pretrain, run_screening)
@@ -249,16 +250,23 @@ def _run(params: Mapping[str, Any], method: str, frames: Frames, out: Path, trac
         tracker.log_metrics({"finetune_s": timings["finetune_s"], "n_train": len(frames.train)})
     with tracker.child("evaluate-valid"):
         valid = _predictions(frames.valid, "valid", *fitted.score(frames.valid))
+        test = _predictions(frames.test, "test", *fitted.score(frames.test))
         choice: ThresholdChoice | None = None
+        calibration: PlattCalibration | None = None
         if fitted.fixed_threshold is None:
-            choice = select_threshold(valid["score"].to_numpy(), valid["y_true"].to_numpy(),
-                                      mcfg.companion.min_sensitivity)
+            if mcfg.companion.calibrate:                 # Platt on valid vertebrae; monotone, so ranks are unchanged
+                try:
+                    calibration = PlattCalibration.fit(valid["score"].to_numpy(), valid["y_true"].to_numpy())
+                    valid["score"], test["score"] = calibration.apply(valid["score"]), calibration.apply(test["score"])
+                    tracker.set_tags({"calibration": f"platt a={calibration.a:.3f} b={calibration.b:.3f}"})
+                except ValueError as exc:                # e.g. a model that anti-ranks valid: the gates judge it
+                    tracker.set_tags({"calibration": f"skipped: {exc}"})
+            choice = choose_threshold(valid, mcfg.companion)
             threshold = choice.threshold
         else:
             threshold = fitted.fixed_threshold
         if fitted.model_path is not None:
-            _store_threshold(fitted.model_path, choice, threshold)
-        test = _predictions(frames.test, "test", *fitted.score(frames.test))
+            _store_threshold(fitted.model_path, choice, threshold, calibration)
         ecfg = E.EvaluateConfig.from_params(params)
         metrics = {"method": method, "threshold": threshold,
                    "threshold_choice": None if choice is None else choice.__dict__,
@@ -362,10 +370,25 @@ def _mirrored_bmd(model: torch.nn.Module, norm: Any, frame: pd.DataFrame, root: 
     return np.concatenate(out)
 
 
-def _store_threshold(bundle: Path, choice: ThresholdChoice | None, threshold: float) -> None:
-    """Write the validation operating point into ``model.pt`` (what the registry and pyfunc read)."""
+def choose_threshold(valid: pd.DataFrame, companion: Any) -> ThresholdChoice:
+    """Best specificity at sensitivity >= ``companion.min_sensitivity`` on the validation predictions.
+
+    ``threshold_level: patient`` constrains patient-level sensitivity under the any-vertebra rule
+    (METHOD §6: the screening decision is per patient); ``vertebra`` counts vertebrae.
+    """
+    scores, labels = valid["score"].to_numpy(), valid["y_true"].to_numpy()
+    if companion.threshold_level == "patient":
+        scores, labels = patient_max(scores, labels, valid["patient_id"].to_numpy())
+    return select_threshold(scores, labels, companion.min_sensitivity)
+
+
+def _store_threshold(bundle: Path, choice: ThresholdChoice | None, threshold: float,
+                     calibration: PlattCalibration | None = None) -> None:
+    """Write the validation operating point (and score calibration) into ``model.pt``: what the registry
+    and the pyfunc read; the threshold is on the calibrated scale when a calibration is stored."""
     state = torch.load(bundle, map_location="cpu", weights_only=False)
     state["threshold"] = choice.__dict__ if choice is not None else {"threshold": float(threshold)}
+    state["calibration"] = None if calibration is None else {"a": calibration.a, "b": calibration.b}
     torch.save(state, bundle)
 
 

@@ -435,6 +435,9 @@ class ScreeningPyfunc(_PythonModel):
         from osteo_model.pipeline import load_model
         self.model, self.norm, self.mcfg, state = load_model(Path(context.artifacts["bundle"]))
         self.threshold = float((state.get("threshold") or {}).get("threshold", 0.5))
+        from osteo_model.companion import PlattCalibration
+        cal = state.get("calibration")
+        self.calibration = PlattCalibration(**cal) if cal else None                # fitted on validation
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would enforce its own
         vendor = (params or {}).get("device_vendor", "Hologic")
@@ -444,6 +447,8 @@ class ScreeningPyfunc(_PythonModel):
 
     def _output(self, score: np.ndarray, bmd: np.ndarray, level: np.ndarray, index: Any = None) -> pd.DataFrame:
         score = np.asarray(score, dtype=np.float64)
+        if getattr(self, "calibration", None) is not None:
+            score = self.calibration.apply(score)                                      # the stored threshold's scale
         return pd.DataFrame({"score": score, "bmd_g_cm2": np.asarray(bmd, dtype=np.float64),
                              "level": np.asarray(level, dtype=np.int64),
                              "screen_positive": (score >= self.threshold).astype(np.int64)}, index=index)

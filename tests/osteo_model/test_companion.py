@@ -95,3 +95,32 @@ def test_screening_loss_terms_by_hand(backbone_cfg):
     model = ScreeningModel(build_backbone(backbone_cfg))
     res = model(torch.randn(2, 5, 16, 16, 8))
     assert res["screen_logit"].shape == (2,) and res["tscore"].shape == (2,)
+
+
+# --- operating point: patient-level aggregation and Platt calibration --------------------------
+def test_patient_max_reproduces_the_any_vertebra_rule():
+    from osteo_model.companion import patient_max
+    rng = np.random.default_rng(3)
+    pid = rng.integers(0, 15, 80)
+    s, y = rng.random(80), (rng.random(80) < 0.3).astype(int)
+    ps, py = patient_max(s, y, pid)
+    for t in (0.2, 0.5, 0.8):                      # thresholding patient rows == any vertebra over t
+        per_patient = {p: (s[pid == p] >= t).any() for p in np.unique(pid)}
+        assert list(ps >= t) == [per_patient[p] for p in np.unique(pid)]
+    assert list(py) == [int(y[pid == p].max()) for p in np.unique(pid)]
+
+
+def test_platt_recovers_a_known_logistic_map_and_keeps_the_ranking():
+    from osteo_model.companion import PlattCalibration
+    rng = np.random.default_rng(4)
+    z = rng.normal(0, 2, 20000)
+    raw = 1 / (1 + np.exp(-z))                    # scores whose true log-odds are 0.5 * z - 1
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-(0.5 * z - 1.0)))).astype(int)
+    cal = PlattCalibration.fit(raw, y)
+    assert cal.a == pytest.approx(0.5, abs=0.05) and cal.b == pytest.approx(-1.0, abs=0.06)
+    out = cal.apply(raw)
+    assert (np.argsort(out, kind="stable") == np.argsort(raw, kind="stable")).all()
+    with pytest.raises(ValueError, match="both classes"):
+        PlattCalibration.fit(raw[:10], np.zeros(10))
+    with pytest.raises(ValueError, match="do not rank"):
+        PlattCalibration.fit(raw, (rng.random(z.size) < 1 / (1 + np.exp(z))).astype(int))   # anti-ranked

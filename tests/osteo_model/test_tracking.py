@@ -12,7 +12,7 @@ import pytest
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from osteo_model.companion import select_threshold
+from osteo_model.companion import PlattCalibration, patient_max, select_threshold
 from osteo_model.experiment import DataPaths, assemble_frames, run_training
 from osteo_model.pipeline import load_model, predict_frame
 from osteo_model.tracking import file_sha256, flatten
@@ -112,10 +112,15 @@ def test_stored_threshold_is_the_validation_choice(tracked):
     params, result, _, root = tracked
     model, norm, mcfg, state = load_model(result.model_path)
     frames = assemble_frames(DataPaths.from_params(params))
-    scores = predict_frame(model, norm, frames.valid, frames.root, mcfg.moe, input_shape=mcfg.input_shape)["score"]
-    choice = select_threshold(scores.to_numpy(), (frames.valid["who_class"] == 2).to_numpy().astype(int),
-                              mcfg.companion.min_sensitivity)
+    raw = predict_frame(model, norm, frames.valid, frames.root, mcfg.moe, input_shape=mcfg.input_shape)["score"]
+    labels = (frames.valid["who_class"] == 2).to_numpy().astype(int)
+    assert mcfg.companion.calibrate and mcfg.companion.threshold_level == "patient"     # the params defaults
+    cal = PlattCalibration.fit(raw.to_numpy(), labels)                                  # fitted on valid only
+    assert state["calibration"] == pytest.approx({"a": cal.a, "b": cal.b})
+    p_scores, p_labels = patient_max(cal.apply(raw.to_numpy()), labels, frames.valid["patient_id"].to_numpy())
+    choice = select_threshold(p_scores, p_labels, mcfg.companion.min_sensitivity)     # patient-level constraint
     assert state["threshold"]["threshold"] == pytest.approx(choice.threshold)
+    assert state["threshold"]["n_pos"] + state["threshold"]["n_neg"] == frames.valid["patient_id"].nunique()
     assert state["threshold"]["sensitivity"] >= mcfg.companion.min_sensitivity
     metrics = json.loads((root / "out" / "metrics.json").read_text())
     assert metrics["threshold"] == pytest.approx(choice.threshold)
