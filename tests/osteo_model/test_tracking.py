@@ -28,6 +28,7 @@ _spec.loader.exec_module(_fixture)
 def tracked(tmp_path_factory):
     root = tmp_path_factory.mktemp("tracked")
     params = _fixture.write_inputs(root)
+    params["model"]["companion"].update(threshold_level="patient", calibrate=True)     # the demo/paper defaults
     result = run_training(params, "tp_swav", tracking=True, out_dir=root / "out")
     client = MlflowClient(tracking_uri=params["tracking"]["uri"])
     return params, result, client, root
@@ -114,7 +115,7 @@ def test_stored_threshold_is_the_validation_choice(tracked):
     frames = assemble_frames(DataPaths.from_params(params))
     raw = predict_frame(model, norm, frames.valid, frames.root, mcfg.moe, input_shape=mcfg.input_shape)["score"]
     labels = (frames.valid["who_class"] == 2).to_numpy().astype(int)
-    assert mcfg.companion.calibrate and mcfg.companion.threshold_level == "patient"     # the params defaults
+    assert mcfg.companion.calibrate and mcfg.companion.threshold_level == "patient"     # as the fixture set
     cal = PlattCalibration.fit(raw.to_numpy(), labels)                                  # fitted on valid only
     assert state["calibration"] == pytest.approx({"a": cal.a, "b": cal.b})
     p_scores, p_labels = patient_max(cal.apply(raw.to_numpy()), labels, frames.valid["patient_id"].to_numpy())
