@@ -59,24 +59,24 @@ def fingerprint(folder: Path, patterns: tuple[str, ...] = ("*.csv", "*.parquet",
     return h.hexdigest()[:24]
 
 
-def _cache_key(context: TaskRunContext, arguments: dict[str, Any]) -> str:
+def cache_key(context: TaskRunContext, arguments: dict[str, Any]) -> str:
     """Task name + hash of the params sections it reads + fingerprint of its input folder."""
     parts = [context.task.name, arguments["params_digest"], arguments["input_fp"]]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _transient(task_, task_run, state) -> bool:
+def transient(task_, task_run, state) -> bool:
     """Retry only failures that may pass on their own (I/O, connections)."""
     exc = state.result(raise_on_failure=False)
     return isinstance(exc, TRANSIENT)
 
 
 def _task(name: str, retries: int, delay: float):
-    return task(name=name, retries=retries, retry_delay_seconds=delay, retry_condition_fn=_transient,
-                cache_key_fn=_cache_key, persist_result=True)
+    return task(name=name, retries=retries, retry_delay_seconds=delay, retry_condition_fn=transient,
+                cache_key_fn=cache_key, persist_result=True)
 
 
-def _section_digest(params: Mapping[str, Any], *sections: str) -> str:
+def section_digest(params: Mapping[str, Any], *sections: str) -> str:
     return params_hash(params, ("profile", "paths", *sections))
 
 
@@ -109,7 +109,7 @@ def build_tasks(retries: int, delay: float) -> dict[str, Any]:
         return _as_dict(steps.materialize(params))
 
     @task(name="training_table", cache_policy=NO_CACHE, retries=retries, retry_delay_seconds=delay,
-          retry_condition_fn=_transient)
+          retry_condition_fn=transient)
     def training_table(params: dict) -> dict:
         return _as_dict(steps.training_table(params))
 
@@ -133,7 +133,7 @@ def materialize_features(params: dict) -> dict:
     def run(name: str, input_fp: str, output: Path, *sections: str) -> dict:
         # a completed task is skipped on re-run, unless its output folder has gone
         fn = t[name] if output.exists() else t[name].with_options(refresh_cache=True)
-        return fn(params, _section_digest(params, *sections), input_fp)
+        return fn(params, section_digest(params, *sections), input_fp)
 
     out["ingest"] = run("ingest", fingerprint(raw), ing, "ingest")
     out["texture"] = run("texture", fingerprint(ing), tex, "texture")

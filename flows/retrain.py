@@ -26,7 +26,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from flows.materialize import _cache_key, _section_digest, _transient, fingerprint, materialize_features
+from flows.materialize import cache_key, section_digest, transient, fingerprint, materialize_features
 from osteo import steps
 
 
@@ -54,8 +54,8 @@ def training_inputs_fp(params: Mapping[str, Any]) -> str:
 
 def build_tasks(retries: int, delay: float) -> dict[str, Any]:
     """The flow's tasks (retry policy from the ``flows:`` section)."""
-    cached = dict(retries=retries, retry_delay_seconds=delay, retry_condition_fn=_transient,
-                  cache_key_fn=_cache_key, persist_result=True)
+    cached = dict(retries=retries, retry_delay_seconds=delay, retry_condition_fn=transient,
+                  cache_key_fn=cache_key, persist_result=True)
 
     @task(name="pretrain", **cached)
     def pretrain(params: dict, params_digest: str, input_fp: str) -> dict:
@@ -66,7 +66,7 @@ def build_tasks(retries: int, delay: float) -> dict[str, Any]:
         return steps.train_finetune(params)
 
     @task(name="evaluate", cache_policy=NO_CACHE, retries=retries, retry_delay_seconds=delay,
-          retry_condition_fn=_transient)
+          retry_condition_fn=transient)
     def evaluate(params: dict) -> dict:
         return steps.evaluate(params)
 
@@ -114,7 +114,7 @@ def retrain(params: dict, materialize: bool = True, actor: str | None = None, re
 
     def run(name: str, output: Path, input_fp: str, *sections: str) -> dict:
         fn = t[name] if output.exists() else t[name].with_options(refresh_cache=True)
-        return fn(params, _section_digest(params, *sections), input_fp)
+        return fn(params, section_digest(params, *sections), input_fp)
 
     out["pretrain"] = run("pretrain", models / "pretrain" / "pretrain.json", data_fp, "model", "train")
     encoder_fp = _file_fp(models / "pretrain" / "pretrain.json",

@@ -7,7 +7,7 @@ Keys, units and ranges are documented next to each value in ``params.yaml``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from osteo_model.errors import ModelConfigError
 
@@ -49,6 +49,11 @@ class BackboneConfig:
                "model.backbone.layers needs one block count per stage in widths")
         _check(self.stem_width >= 4 and self.embed_dim > 0, "model.backbone.stem_width >= 4 and embed_dim > 0")
         _check(self.norm in ("group", "batch", "instance"), f"model.backbone.norm={self.norm!r}: group | batch | instance")
+
+
+def device_index(vendors: Sequence[str], vendor: Any) -> int:
+    """DXA vendor name -> index into ``vendors`` (``model.moe.device_vendors``); unknown/missing -> len(vendors)."""
+    return vendors.index(vendor) if vendor in vendors else len(vendors)
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ class MoEConfig:
 
     def device_index(self, vendor: Any) -> int:
         """Vendor name -> device index; unknown or missing vendors map to the last index."""
-        return self.device_vendors.index(vendor) if vendor in self.device_vendors else len(self.device_vendors)
+        return device_index(self.device_vendors, vendor)
 
 
 @dataclass(frozen=True)

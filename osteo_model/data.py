@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from osteo_model.config import POOL_CHANNELS
+from osteo_model.config import POOL_CHANNELS, device_index
 from osteo_model.errors import PoolIntegrityError
 from osteo_model.norm import ChannelNorm
 
@@ -128,7 +128,7 @@ class TexturePoolDataset(Dataset):
             if self.cache:
                 self._cache[i] = pool
         vendor = row.get("device_vendor")
-        device = self.device_vendors.index(vendor) if vendor in self.device_vendors else len(self.device_vendors)
+        device = device_index(self.device_vendors, vendor)
         return {
             "pool": torch.from_numpy(np.ascontiguousarray(pool)),
             "device": torch.tensor(device, dtype=torch.long),
