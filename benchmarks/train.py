@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from osteo.params import deep_merge, load_params
+from osteo_config.params import deep_merge, load_params
 from osteo_model.backbones import build_backbone
 from osteo_model.config import ModelConfig, TrainConfig
 from osteo_model.data import TexturePoolDataset

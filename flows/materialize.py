@@ -27,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from osteo import steps
-from osteo.params import params_hash
+from osteo_config.params import params_hash
 
 TRANSIENT = (OSError, TimeoutError, ConnectionError)
 

@@ -148,7 +148,7 @@ def run_retrain_flow(params: Mapping[str, Any], materialize: bool = True, actor:
 @flow(name="retrain-scheduled", log_prints=False)
 def retrain_scheduled(profile: str = "demo", params_file: str = "params.yaml") -> dict[str, Any]:
     """Deployment entry point: load params at run time (so a params.yaml change is picked up), then retrain."""
-    from osteo.params import load_params
+    from osteo_config.params import load_params
 
     result = run_retrain_flow(load_params(Path(params_file), profile), actor="prefect-schedule")
     if result["state"] == "failed":

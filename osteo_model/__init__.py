@@ -18,6 +18,6 @@ One concept per module:
 * :mod:`~osteo_model.evaluate_stage`: ``osteo evaluate``: the candidate's test predictions with its stored
   threshold, the champion re-scored on the same vertebrae, evaluate.json + report + MLflow child run.
 
-Dependencies: torch, numpy, pandas, scikit-learn and :mod:`osteo.params`; never
+Dependencies: torch, numpy, pandas, scikit-learn and :mod:`osteo_config.params`; never
 ``features/`` or ``flows/``. Importing the package has no side effects.
 """

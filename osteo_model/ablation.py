@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from osteo.params import deep_merge
+from osteo_config.params import deep_merge
 from osteo_model.experiment import run_training
 from osteo_model.tracking import Tracker, TrackingConfig, tracked_params
 

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from osteo.params import deep_merge, params_hash
+from osteo_config.params import deep_merge, params_hash
 from osteo_model import evaluate as E
 from osteo_model.baselines import L1_LEVEL, L1HURule, RadiomicsLogistic
 from osteo_model.companion import (PlattCalibration, ThresholdChoice, patient_max, refine_pseudo_bmd,

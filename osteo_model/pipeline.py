@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from osteo.params import params_hash
+from osteo_config.params import params_hash
 from osteo_model.backbones import build_backbone
 import torch.nn.functional as F
 

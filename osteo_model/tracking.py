@@ -42,7 +42,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from osteo.params import DEFAULT_TRACKING_URI, params_hash, resolve_tracking_uri
+from osteo_config.params import DEFAULT_TRACKING_URI, params_hash, resolve_tracking_uri
 
 PARAM_SECTIONS = ("model", "train", "texture")
 INGEST_KEYS = ("spacing_mm", "roi_shape")
@@ -54,7 +54,7 @@ class TrackingConfig:
     """The ``tracking:`` section of params.yaml (keys commented there).
 
     ``profile`` picks the database: ``local`` -> ``uri``, ``production`` -> ``production_uri``;
-    :attr:`active_uri` is what every run is logged to (:func:`osteo.params.resolve_tracking_uri`,
+    :attr:`active_uri` is what every run is logged to (:func:`osteo_config.params.resolve_tracking_uri`,
     the same resolver the registry uses).
     """
 

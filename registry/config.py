@@ -2,7 +2,7 @@
 
 The database (tracking + registry URI) is not configured here: it is the one of
 the ``tracking:`` section (``tracking.profile`` -> ``tracking.uri`` or
-``tracking.production_uri``), resolved by :func:`osteo.params.resolve_tracking_uri`,
+``tracking.production_uri``), resolved by :func:`osteo_config.params.resolve_tracking_uri`,
 the same resolver the training runs use. Registered versions therefore always sit
 beside the runs that produced them.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from osteo.params import DEFAULT_TRACKING_URI, ParamsError, resolve_tracking_uri
+from osteo_config.params import DEFAULT_TRACKING_URI, ParamsError, resolve_tracking_uri
 from registry.errors import RegistryConfigError
 
 # keys that moved to the ``tracking:`` section (one place for the database URI)

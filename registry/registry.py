@@ -159,7 +159,7 @@ def register_candidate(model_uri: str, name: str, tags: Mapping[str, str], metri
     missing = [k for k in required_tags if not str(tags.get(k, "")).strip()]
     if missing:
         raise CandidateTagsError(f"candidate for {name!r} lacks tags {missing}: pass the data version, split hash "
-                                 "and params hash (from dvc.lock / splits.sha256.json / osteo.params.params_hash)")
+                                 "and params hash (from dvc.lock / splits.sha256.json / osteo_config.params.params_hash)")
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)

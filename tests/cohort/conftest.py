@@ -8,7 +8,7 @@ import pytest
 
 from cohort.config import CohortConfig
 from cohort.simulate import run_cohort
-from osteo.params import load_params
+from osteo_config.params import load_params
 
 REPO = Path(__file__).resolve().parents[2]
 

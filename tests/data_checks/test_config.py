@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from data_checks import ChecksConfig, ChecksConfigError
-from osteo.params import load_params
+from osteo_config.params import load_params
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -258,7 +258,7 @@ def test_count_invariant_is_enforced():
 
 
 def test_config_from_params_reads_the_section():
-    from osteo.params import load_params
+    from osteo_config.params import load_params
     cfg = IngestConfig.from_params(load_params(Path(__file__).parents[2] / "params.yaml", "tiny"))
     assert cfg.spacing_mm == (1.5, 1.5, 1.5) and cfg.roi_shape == (24, 24, 16)
     with pytest.raises(ValueError, match="unknown ingest keys"):

@@ -16,7 +16,7 @@ from cohort.config import FAULT_KINDS, CohortConfig
 from cohort.simulate import run_cohort
 from features.ingest import IngestConfig, run_ingest
 from features.pseudonym import Pseudonymizer, load_key
-from osteo.params import load_params
+from osteo_config.params import load_params
 
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED_REASON = {

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from osteo.params import deep_merge
+from osteo_config.params import deep_merge
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -94,7 +94,7 @@ def test_missing_training_table_fails_the_flow(tmp_path):
 
 
 def test_deployment_carries_the_cron_from_params(tmp_path):
-    code = ("import json,sys\nfrom flows.runtime import configure_prefect\nfrom osteo.params import load_params\n"
+    code = ("import json,sys\nfrom flows.runtime import configure_prefect\nfrom osteo_config.params import load_params\n"
             "p = load_params('params.yaml', 'tiny'); configure_prefect(p)\nfrom flows.retrain import deployment\n"
             "d = deployment(p)\nprint(json.dumps({'name': d.name, 'cron': d.schedules[0].schedule.cron, "
             "'params': d.parameters}))")

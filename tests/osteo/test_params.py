@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from osteo.params import ParamsError, deep_merge, load_params, params_hash
+from osteo_config.params import ParamsError, deep_merge, load_params, params_hash
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from osteo.params import load_params
+from osteo_config.params import load_params
 from osteo_model import metrics as M
 from osteo_model.evaluate import EvaluateConfig, EvaluationError, evaluate_predictions, write_evaluation
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from osteo.params import load_params
+from osteo_config.params import load_params
 from osteo_model.experiment import (ExperimentError, DataPaths, assemble_frames, run_finetune_stage,
                                     run_pretrain_stage, run_training)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from osteo.params import load_params
+from osteo_config.params import load_params
 from osteo_model.pipeline import load_model, predict_frame, run_finetune, run_pretrain
 
 

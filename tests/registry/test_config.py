@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from osteo.params import ParamsError, load_params, resolve_tracking_uri
+from osteo_config.params import ParamsError, load_params, resolve_tracking_uri
 from osteo_model.tracking import TrackingConfig
 from registry.config import RegistryConfig
 from registry.errors import RegistryConfigError

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from osteo.params import load_params
+from osteo_config.params import load_params
 from registry.errors import RegistryConfigError
 from registry.gates import GateReport, GatesConfig, evaluate_gates
 
