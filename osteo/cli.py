@@ -317,75 +317,104 @@ def registry_status(ctx: typer.Context) -> None:
 
 # --- flows and the main job -------------------------------------------------------
 @flow_app.command("materialize")
-def flow_materialize(ctx: typer.Context) -> None:
-    """Prefect flow: ingest -> texture -> validate -> splits -> materialize -> training table."""
-    run_materialize_flow = _flow_runner(_params(ctx))
-    result = run_materialize_flow(_params(ctx))
-    _print_flow_summary(result, _params(ctx))
+def flow_materialize(
+    ctx: typer.Context,
+    cohort: bool = typer.Option(False, help="Run the cohort stage first (the synthetic export)."),
+) -> None:
+    """Prefect flow: (cohort ->) ingest -> texture -> validate -> splits -> materialize -> training table,
+    each a DVC stage (DVC re-runs only what changed; `dvc status` is clean afterwards)."""
+    params = _params(ctx)
+    run_materialize_flow, kwargs = _flow_runner(ctx)
+    result = run_materialize_flow(**kwargs, cohort=cohort)
+    _print_flow_summary(result, params)
     if result["state"] != "completed":
         raise typer.Exit(code=1)
+    ctx.invoke(features_latency, ctx, n=None)  # a measurement of the store the flow built, not a pipeline stage
 
 
-def _flow_runner(params: dict[str, Any], name: str = "materialize"):
+def _flow_runner(ctx: typer.Context, name: str = "materialize"):
+    """Configure Prefect, check the profile, import the flow: returns ``(runner, kwargs)``.
+
+    The flows run DVC stages, which read params.yaml's ``profile:``; a ``--profile`` / ``$OSTEO_PROFILE``
+    that differs is refused here (exit 1) with what to do, before any stage runs.
+    """
+    import os
+
     from flows.runtime import configure_prefect
+    from flows.stages import ProfileMismatchError, check_profile
 
-    configure_prefect(params)  # before Prefect is imported
+    root = ctx.find_root().params
+    params_file = Path(root.get("params_file") or "params.yaml")
+    requested = root.get("profile") or os.environ.get("OSTEO_PROFILE") or None
+    try:
+        profile = check_profile(Path.cwd(), params_file, requested)
+    except ProfileMismatchError as exc:
+        _fail(exc)
+    configure_prefect(_params(ctx))  # before Prefect is imported
+    kwargs = {"params_file": str(params_file), "profile": profile, "repo": str(Path.cwd())}
     if name == "retrain":
         from flows.retrain import run_retrain_flow
 
-        return run_retrain_flow
+        return run_retrain_flow, kwargs
     from flows.materialize import run_materialize_flow
 
-    return run_materialize_flow
+    return run_materialize_flow, kwargs
 
 
 @flow_app.command("retrain")
 def flow_retrain(
     ctx: typer.Context,
     materialize: bool = typer.Option(True, help="Run the materialize_features subflow first."),
-    reason: Optional[str] = typer.Option(None, help="Why (recorded in the promotion log)."),
+    cohort: bool = typer.Option(False, help="With the subflow: run the cohort stage first (the synthetic export)."),
+    reason: Optional[str] = typer.Option(None, help="Why (recorded in the promotion log when promote runs)."),
 ) -> None:
-    """Prefect flow: features -> pretrain -> finetune -> evaluate -> gates -> register/promote.
+    """Prefect flow: features -> pretrain -> finetune -> evaluate -> promote, each a DVC stage.
 
     Exit 0 when a version is promoted, 3 when it is rejected by the gates, 1 when the flow failed.
     """
     params = _params(ctx)
-    result = _flow_runner(params, "retrain")(params, materialize=materialize, reason=reason)
+    run_retrain_flow, kwargs = _flow_runner(ctx, "retrain")
+    result = run_retrain_flow(**kwargs, materialize=materialize, cohort=cohort, reason=reason)
     _print_retrain_summary(result, params)
     raise typer.Exit(code={"promoted": 0, "rejected": 3}.get(result["state"], 1))
 
 
 @app.command()
 def deploy(ctx: typer.Context) -> None:
-    """Serve the scheduled `retrain` deployment (cron flows.retrain.cron) until interrupted.
+    """Serve the scheduled `retrain` deployment (cron flows.retrain.cron, one run at a time) until interrupted.
 
     Against a Prefect server: `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api osteo deploy.
     """
     params = _params(ctx)
-    from flows.runtime import configure_prefect
-
-    configure_prefect(params)
+    _, kwargs = _flow_runner(ctx, "retrain")
     from prefect import serve
 
     from flows.retrain import deployment
 
-    dep = deployment(params)
-    typer.echo(f"serving deployment retrain-scheduled/{dep.name} (cron '{params['flows']['retrain']['cron']}' UTC); "
-               "Ctrl-C stops it")
+    dep = deployment(params.get("flows") or {}, kwargs["profile"], kwargs["params_file"], kwargs["repo"])
+    typer.echo(f"serving deployment retrain-scheduled/{dep.name} (cron '{params['flows']['retrain']['cron']}' UTC, "
+               f"concurrency limit {dep.concurrency_limit}); Ctrl-C stops it")
     serve(dep)
 
 
 def _print_retrain_summary(result: dict[str, Any], params: dict[str, Any]) -> None:
-    """One screen: the retrain flow's outcome, per-site test metrics, gates and aliases."""
+    """One screen: the retrain flow's outcome, per-site test metrics, gates and aliases (from the stages' files)."""
     typer.echo(f"flow retrain: {result['state'].upper()}")
     if result.get("message") and result["state"] != "rejected":  # a rejection's gates are listed below
         typer.echo(f"  {result['message']}")
+    if result.get("stages"):
+        typer.echo("  stages: " + ", ".join(f"{k} {'ran' if v['ran'] else 'skipped'}"
+                                             for k, v in result["stages"].items()))
     if "finetune" in result:
         f = result["finetune"]
         typer.echo(f"  model: method {f.get('method')}, threshold {f.get('threshold'):.4f} (chosen on valid, "
                    f"sensitivity >= {params['model']['companion']['min_sensitivity']}); MLflow run {f.get('run_id')}")
     ev = result.get("evaluate") or {}
     table = ev.get("per_site") or []
+    if not table and ev.get("metrics_file") and Path(ev["metrics_file"]).is_file():
+        from osteo_model.evaluate import site_table
+
+        table = site_table(json.loads(Path(ev["metrics_file"]).read_text()))
     if table:
         typer.echo("  test split, patient level (any-vertebra rule), [95% patient-bootstrap CI]:")
         for line in steps.format_site_table(table).splitlines():
@@ -396,26 +425,31 @@ def _print_retrain_summary(result: dict[str, Any], params: dict[str, Any]) -> No
                    f"aliases {prom.get('aliases') or '{} (no champion yet)'}")
         for g in prom.get("failed_gates") or []:
             bound = g.get("bound") or [None, None]
+            bound = bound if isinstance(bound, list) else [bound, None]
             rule = " and ".join(x for x in (f">= {bound[0]:g}" if bound[0] is not None else "",
                                             f"<= {bound[1]:g}" if len(bound) > 1 and bound[1] is not None else "") if x)
+            value = g.get("value")
             typer.echo(f"    failed gate {g.get('gate')}: {g.get('scope')} {g.get('level')} {g.get('metric')} = "
-                       f"{g.get('value'):.3g}, needs {rule}")
+                       f"{'n/a' if value is None else format(value, '.3g')}, needs {rule}")
 
 
 def _print_flow_summary(result: dict[str, Any], params: dict[str, Any]) -> None:
-    """One screen: data counts, validation, feature-store rows, pairing, online latency."""
+    """One screen: stages run, data counts, validation, feature-store rows, pairing, online latency."""
     typer.echo(f"flow materialize_features: {result['state'].upper()}")
     if result.get("error"):
         typer.echo(f"  reason: {result['error']}")
+    if result.get("stages"):
+        typer.echo("  stages: " + ", ".join(f"{k} {'ran' if v['ran'] else 'skipped'}"
+                                             for k, v in result["stages"].items()))
     if "ingest" in result:
         for kind in ("studies", "vertebrae", "dxa"):
             c = result["ingest"][kind]
             why = ", ".join(f"{k} {v}" for k, v in sorted(c["quarantined_by_reason"].items())) or "-"
             typer.echo(f"  ingest {kind:<9} seen {c['seen']:>5}  ingested {c['ingested']:>5}  quarantined {c['quarantined']:>4} ({why})")
-    if "texture" in result:
-        t = result["texture"]
-        typer.echo(f"  texture   pools {t['seen'] - t['quarantined']:>5}  computed {t['computed']}  reused {t['skipped']}  "
-                   f"quarantined {t['quarantined']}")
+    suites = (result.get("validation") or {}).get("suites") or {}
+    if "texture" in suites:
+        typer.echo(f"  texture   pools {suites['texture']['rows']:>5}  radiomics rows "
+                   f"{(suites.get('radiomics') or {}).get('rows', '-')}")
     for key in ("validation", "training_validation"):
         if key in result:
             typer.echo(f"  {key.replace('_', ' ')}: {result[key]['summary']}")
@@ -444,13 +478,13 @@ def show_params(ctx: typer.Context, section: Optional[str] = typer.Argument(None
 
 @app.command()
 def demo(ctx: typer.Context) -> None:
-    """The main job: cohort, then the retrain Prefect flow (features -> train -> evaluate -> gates -> registry)."""
+    """The main job: the retrain Prefect flow with the cohort, each step a DVC stage
+    (cohort -> features -> train -> evaluate -> gates -> registry); `dvc status` is clean afterwards."""
     params = _params(ctx)
-    run_retrain_flow = _flow_runner(params, "retrain")
+    run_retrain_flow, kwargs = _flow_runner(ctx, "retrain")
     t0 = time.perf_counter()
-    typer.echo(f"== osteo demo (profile {params['profile']})")
-    typer.echo(f"cohort: {_timed('cohort', steps.cohort, params)}")
-    result = run_retrain_flow(params, materialize=True, reason="osteo demo")
+    typer.echo(f"== osteo demo (profile {kwargs['profile']})")
+    result = run_retrain_flow(**kwargs, materialize=True, cohort=True, reason="osteo demo")
     features = (result.get("features") or {}).get("training_table")
     if features:
         typer.echo(f"  training table: {features['rows']} labelled vertebrae {features['by_split']}")
