@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from features.texture import GLCMSettings, discretize, glcm_maps, glcm_maps_batch
-from features.texture_reference import pyradiomics_maps, synthetic_vertebra
+from osteo_testing.texture_reference import pyradiomics_maps, synthetic_vertebra
 
 SHAPE = (64, 64, 32)
 SETTINGS = GLCMSettings(kernel_radius=2, bin_width=25.0)

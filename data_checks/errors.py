@@ -3,16 +3,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from osteo_config.checks import ChecksConfigError  # noqa: F401  (raised by the config package)
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from data_checks.report import ChecksReport
 
 
 class ChecksError(Exception):
     """Base class of every data_checks error."""
-
-
-class ChecksConfigError(ChecksError, ValueError):
-    """The ``checks:`` section (or a key it borrows from ``ingest:``/``paths:``) is missing or malformed."""
 
 
 class ChecksInputError(ChecksError, ValueError):

@@ -39,6 +39,7 @@ from features.pseudonym import Pseudonymizer, age_years, load_key
 from features.quarantine import QuarantineRecord, counts_by_reason, to_frame
 from features.roi import RoiSpec
 from features.study import StudyChecks, StudyResult, StudyTask, process_study
+from osteo_config.ingest import IngestConfig  # noqa: F401  (configuration lives in the leaf package)
 
 log = logging.getLogger(__name__)
 
@@ -50,57 +51,21 @@ DXA_COLUMNS = ("patient_id", "dxa_id", "site", "device_vendor", "device_model", 
 PATIENT_COLUMNS = ("patient_id", "sex", "birth_year", "site")
 
 
-@dataclass(frozen=True)
-class IngestConfig:
-    """The ``ingest:`` section of params.yaml (units in the comments there)."""
 
-    workers: int = 2
-    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    roi_shape: tuple[int, int, int] = (48, 48, 32)
-    hu_window: tuple[float, float] = (-200.0, 1500.0)
-    hu_valid_range: tuple[float, float] = (-1100.0, 3500.0)
-    hu_invalid_share: float = 0.01
-    vertebra_median_hu_range: tuple[float, float] = (-200.0, 800.0)
-    alignment_tol_mm: float = 0.5
-    direction_tol: float = 0.001
-    min_body_voxels: int = 200
-    body_opening_mm: float = 3.0
-    core_erosion_mm: float = 2.0
-    ct_spline_order: int = 1
-    dxa_window_days: int = 183
-    dxa_bmd_range: tuple[float, float] = (0.2, 2.5)
-    dxa_t_score_range: tuple[float, float] = (-8.0, 8.0)
-    date_shift_max_days: int = 365
-    key_env: str = "OSTEO_PSEUDONYM_KEY"
-    key_file: str = "~/.config/osteo/pseudonym.key"
-    allow_demo_key: bool = False
+def roi_spec(cfg: IngestConfig) -> RoiSpec:
+    """The ROI extraction settings of an ``ingest:`` config."""
+    return RoiSpec(spacing_mm=tuple(map(float, cfg.spacing_mm)), roi_shape=tuple(map(int, cfg.roi_shape)),
+                   hu_window=tuple(map(float, cfg.hu_window)), body_opening_mm=float(cfg.body_opening_mm),
+                   core_erosion_mm=float(cfg.core_erosion_mm), min_body_voxels=int(cfg.min_body_voxels),
+                   ct_spline_order=int(cfg.ct_spline_order))
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "IngestConfig":
-        """Build from the merged params dict (its ``ingest`` section); unknown keys are an error."""
-        section = dict(params.get("ingest", {}) or {})
-        unknown = sorted(set(section) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown ingest keys {unknown}: fix params.yaml (known: "
-                             f"{sorted(cls.__dataclass_fields__)})")
-        tuples = {k for k, f in cls.__dataclass_fields__.items() if str(f.type).startswith("tuple")}
-        kw = {k: tuple(v) if k in tuples else v for k, v in section.items()}
-        cfg = cls(**kw)
-        if cfg.ct_spline_order not in (0, 1, 2, 3, 4, 5) or len(cfg.roi_shape) != 3 or min(cfg.spacing_mm) <= 0:
-            raise ValueError("ingest: ct_spline_order must be 0-5, roi_shape 3 ints, spacing_mm > 0")
-        return cfg
 
-    def roi_spec(self) -> RoiSpec:
-        return RoiSpec(spacing_mm=tuple(map(float, self.spacing_mm)), roi_shape=tuple(map(int, self.roi_shape)),
-                       hu_window=tuple(map(float, self.hu_window)), body_opening_mm=float(self.body_opening_mm),
-                       core_erosion_mm=float(self.core_erosion_mm), min_body_voxels=int(self.min_body_voxels),
-                       ct_spline_order=int(self.ct_spline_order))
-
-    def study_checks(self) -> StudyChecks:
-        return StudyChecks(alignment_tol_mm=float(self.alignment_tol_mm), direction_tol=float(self.direction_tol),
-                           hu_valid_range=tuple(map(float, self.hu_valid_range)),
-                           hu_invalid_share=float(self.hu_invalid_share),
-                           vertebra_median_hu_range=tuple(map(float, self.vertebra_median_hu_range)))
+def study_checks(cfg: IngestConfig) -> StudyChecks:
+    """The per-study geometry and HU checks of an ``ingest:`` config."""
+    return StudyChecks(alignment_tol_mm=float(cfg.alignment_tol_mm), direction_tol=float(cfg.direction_tol),
+                       hu_valid_range=tuple(map(float, cfg.hu_valid_range)),
+                       hu_invalid_share=float(cfg.hu_invalid_share),
+                       vertebra_median_hu_range=tuple(map(float, cfg.vertebra_median_hu_range)))
 
 
 @dataclass
@@ -160,7 +125,7 @@ def _valid_patients(patients: pd.DataFrame) -> dict[str, dict]:
 
 
 def _run_tasks(tasks: list[StudyTask], cfg: IngestConfig, out_dir: Path, progress: bool) -> list[StudyResult]:
-    spec, checks = cfg.roi_spec(), cfg.study_checks()
+    spec, checks = roi_spec(cfg), study_checks(cfg)
     bar = tqdm(total=len(tasks), desc="ingest studies", unit="study", disable=not progress)
     results = []
     if cfg.workers <= 1 or len(tasks) <= 1:

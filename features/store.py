@@ -31,61 +31,14 @@ import pandas as pd
 from features import pit
 from features.feature_repo.tables import (CT_KEYS, PreparedTables, TableError, prepare_tables,
                                          vertebra_id)
+from osteo_config.store import PROFILES, FeatureStoreError, FeatureStoreConfig  # noqa: F401  (configuration lives in the leaf package)
 
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "feature_repo" / "templates"
-PROFILES = ("local", "production")
 __all__ = ["FeatureStoreConfig", "FeatureStoreError", "MaterializeSummary", "LatencySummary", "TableError",
            "PreparedTables", "prepare_tables", "vertebra_id", "write_feature_store_yaml", "open_store",
            "apply_repo", "materialize", "training_set", "online_features", "online_latency", "teardown"]
-
-
-class FeatureStoreError(RuntimeError):
-    """The feature store is misconfigured or not ready (no yaml, not applied, service missing)."""
-
-
-@dataclass(frozen=True)
-class FeatureStoreConfig:
-    """The ``features_store:`` section of params.yaml (units and ranges commented there).
-
-    ``window_days`` is read from ``ingest.dxa_window_days``: one key for the pairing rule.
-    """
-
-    profile: str = "local"
-    project: str = "osteo"
-    repo_dir: str = "data/feature_repo"
-    window_days: int = 183
-    ct_ttl_days: int = 36500
-    label_levels: tuple[int, ...] = (13, 14, 15, 16)
-    registry_path: str = "data/registry.db"
-    sqlite_path: str = "data/online_store.db"
-    registry_sql: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-    redis: str = "127.0.0.1:6379"
-    cache_ttl_seconds: int = 60
-    latency_lookups: int = 1000
-
-    def __post_init__(self) -> None:
-        if self.profile not in PROFILES:
-            raise FeatureStoreError(f"features_store.profile={self.profile!r}: choose one of {PROFILES}")
-        if not self.project.replace("_", "").isalnum():
-            raise FeatureStoreError(f"features_store.project={self.project!r}: use letters, digits, underscores")
-        if self.window_days <= 0:
-            raise FeatureStoreError(f"ingest.dxa_window_days={self.window_days}: must be > 0 days")
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "FeatureStoreConfig":
-        """Build from the merged params (``features_store`` section + ``ingest.dxa_window_days``)."""
-        sec = dict(params.get("features_store", {}) or {})
-        window = int(params.get("ingest", {}).get("dxa_window_days", cls.window_days))
-        known = {k: v for k, v in sec.items() if k in cls.__dataclass_fields__}
-        if "label_levels" in known:
-            known["label_levels"] = tuple(int(v) for v in known["label_levels"])
-        return cls(window_days=window, **known)
-
-    @property
-    def window(self) -> pd.Timedelta:
-        return pd.Timedelta(days=self.window_days)
 
 
 @dataclass(frozen=True)

@@ -28,45 +28,13 @@ import pandas as pd
 
 from features.radiomics_scalar import scalar_features
 from features.texture import GLCMSettings, TextureInputError, glcm_maps_batch, glcm_maps
+from osteo_config.texture import ENGINE_VERSION, TextureConfig  # noqa: F401  (configuration lives in the leaf package)
 
-ENGINE_VERSION = "texture-1"  # bump when the maps' definition changes: invalidates every cache entry
 KEYS = ("patient_id", "study_id", "level", "level_name")  # vertebra keys copied to the output tables
 
 
 class RoiUnreadableError(TextureInputError):
     """The ROI file is missing, corrupt or lacks the ``hu`` / ``body`` arrays."""
-
-
-@dataclass(frozen=True)
-class TextureConfig:
-    """The ``texture:`` section of params.yaml."""
-
-    glcm: GLCMSettings = GLCMSettings(kernel_radius=2)  # engine settings (bin width, kernel radius, ...)
-    device: str = "auto"        # auto | cpu | cuda
-    batch_size: int = 16        # ROIs per engine call
-    workers: int = 2            # processes for the pyradiomics scalar features
-    scalar_features: Mapping[str, tuple[str, ...]] = field(
-        default_factory=lambda: {"firstorder": (), "glcm": (), "glrlm": (), "glszm": ()})
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "TextureConfig":
-        """Parse the merged params dict (its ``texture`` section)."""
-        sec = dict(params.get("texture", {}) or {})
-        scal = sec.get("scalar_features") or {}
-        return cls(
-            glcm=GLCMSettings.from_params(sec),
-            device=str(sec.get("device", "auto")),
-            batch_size=max(1, int(sec.get("batch_size", 16))),
-            workers=max(1, int(sec.get("workers", 2))),
-            scalar_features={str(k): tuple(v or ()) for k, v in scal.items()},
-        )
-
-    def params_hash(self) -> str:
-        """Hash of everything that changes a pool or a scalar feature (not device / batch / workers)."""
-        blob = json.dumps({"engine": ENGINE_VERSION, "glcm": asdict(self.glcm),
-                           "scalar": {k: list(v) for k, v in sorted(self.scalar_features.items())}},
-                          sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

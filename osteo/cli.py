@@ -15,7 +15,7 @@ from typing import Any, NoReturn, Optional
 import typer
 
 from osteo import steps
-from osteo_config.params import load_params
+from osteo_config import Config, ConfigError, load_config
 
 app = typer.Typer(
     add_completion=False,
@@ -39,8 +39,14 @@ app.add_typer(flow_app, name="flow")
 app.add_typer(registry_app, name="registry")
 
 
+def _cfg(ctx: typer.Context) -> Config:
+    """The configuration, parsed once at this edge (every section typed and frozen)."""
+    return ctx.obj["config"]
+
+
 def _params(ctx: typer.Context) -> dict[str, Any]:
-    return ctx.obj["params"]
+    """The merged params as plain data, for the shell only (printing, Prefect settings)."""
+    return _cfg(ctx).as_dict()
 
 
 def _timed(label: str, fn, *args, **kwargs) -> Any:
@@ -56,8 +62,12 @@ def main(
     profile: Optional[str] = typer.Option(None, help="Profile overlay: demo | tiny | paper (default: $OSTEO_PROFILE or params.yaml)."),
     params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Configuration file."),
 ) -> None:
-    """Load params.yaml with the selected profile for every sub-command."""
-    ctx.obj = {"params": load_params(params_file, profile)}
+    """Load params.yaml with the selected profile for every sub-command (parsed once, here)."""
+    try:
+        ctx.obj = {"config": load_config(params_file, profile)}
+    except ConfigError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 # --- data -------------------------------------------------------------------
@@ -69,31 +79,31 @@ def cohort(
 ) -> None:
     """Generate the synthetic multi-site cohort as a hospital-style raw export."""
     if ctx.invoked_subcommand is None:
-        typer.echo(f"cohort: {_timed('cohort', steps.cohort, _params(ctx), sites=site or None, n_patients=n_patients)}")
+        typer.echo(f"cohort: {_timed('cohort', steps.cohort, _cfg(ctx), sites=site or None, n_patients=n_patients)}")
 
 
 @cohort_app.command("report")
 def cohort_report(ctx: typer.Context, out: Path = typer.Option(None, help="Output folder (default: <paths.reports>/cohort).")) -> None:
     """Write the cohort calibration report (PNG plots + markdown table)."""
-    typer.echo(json.dumps(steps.cohort_report(_params(ctx), out), indent=2, default=str))
+    typer.echo(json.dumps(steps.cohort_report(_cfg(ctx), out), indent=2, default=str))
 
 
 @app.command()
 def ingest(ctx: typer.Context) -> None:
     """Ingest CT + masks + DXA: pseudonymise, reorient, resample, extract vertebra ROIs."""
-    typer.echo(_timed("ingest", steps.ingest, _params(ctx)).format())
+    typer.echo(_timed("ingest", steps.ingest, _cfg(ctx)).format())
 
 
 @app.command()
 def texture(ctx: typer.Context) -> None:
     """Compute texture pools (HU + 4 GLCM maps) and scalar radiomics per vertebra."""
-    typer.echo(f"texture: {steps.texture(_params(ctx))}")
+    typer.echo(f"texture: {steps.texture(_cfg(ctx))}")
 
 
 @app.command()
 def splits(ctx: typer.Context) -> None:
     """Assign patients to train/valid/test per site (external sites test-only); store table + hash."""
-    s = steps.splits(_params(ctx))
+    s = steps.splits(_cfg(ctx))
     typer.echo(f"splits: sha256 {s.sha256[:16]}  " + "  ".join(
         f"{site}: " + "/".join(f"{k}={v}" for k, v in sorted(c.items())) for site, c in sorted(s.counts.items())))
 
@@ -106,7 +116,7 @@ def validate(
     """Great Expectations gate: validate the stage tables (or the training table); exit 1 on failure."""
     from data_checks import ValidationFailedError, format_report, gate
 
-    report = steps.validate(_params(ctx), training=training)
+    report = steps.validate(_cfg(ctx), training=training)
     typer.echo(format_report(report))
     try:
         gate(report)
@@ -135,20 +145,20 @@ def _echo_latency(lat) -> None:
 @features_app.command("materialize")
 def features_materialize(ctx: typer.Context, full: bool = typer.Option(False, help="Reload every row.")) -> None:
     """Apply the Feast repository and materialize incrementally to the online store."""
-    _echo_materialize(steps.materialize(_params(ctx), full=full))
+    _echo_materialize(steps.materialize(_cfg(ctx), full=full))
 
 
 @features_app.command("training-table")
 def features_training_table(ctx: typer.Context) -> None:
     """Pair vertebrae with DXA labels (±window, osteo_training_v1), attach splits, write the table."""
-    params = _params(ctx)
-    _echo_training_table(steps.training_table(params), params["ingest"]["dxa_window_days"])
+    cfg = _cfg(ctx)
+    _echo_training_table(steps.training_table(cfg), cfg.ingest.dxa_window_days)
 
 
 @features_app.command("latency")
 def features_latency(ctx: typer.Context, n: Optional[int] = typer.Option(None, help="Look-ups (default: params).")) -> None:
     """Time single-vertebra online look-ups through osteo_screening_v1 (p50/p99)."""
-    _echo_latency(steps.latency(_params(ctx), n=n))
+    _echo_latency(steps.latency(_cfg(ctx), n=n))
 
 
 # --- models -----------------------------------------------------------------------
@@ -159,7 +169,7 @@ _NO_TRACK = typer.Option(False, "--no-tracking", help="Do not log to MLflow (fil
 @train_app.command("pretrain")
 def train_pretrain(ctx: typer.Context, method: Optional[str] = _METHOD, no_tracking: bool = _NO_TRACK) -> None:
     """TP-SwAV (or SwAV) pretraining on every vertebra of the train split -> models/pretrain/encoder.pt."""
-    out = _timed("pretrain", steps.train_pretrain, _params(ctx), method, tracking=not no_tracking)
+    out = _timed("pretrain", steps.train_pretrain, _cfg(ctx), method, tracking=not no_tracking)
     typer.echo(f"method {out['method']}: encoder {out['encoder'] or '(none: trained from scratch)'}; "
                f"MLflow run {out['run_id'] or '-'}")
 
@@ -167,7 +177,7 @@ def train_pretrain(ctx: typer.Context, method: Optional[str] = _METHOD, no_track
 @train_app.command("finetune")
 def train_finetune(ctx: typer.Context, method: Optional[str] = _METHOD, no_tracking: bool = _NO_TRACK) -> None:
     """MoE multi-task fine-tuning, validation threshold, valid/test scores -> models/finetune, metrics/train.json."""
-    out = _timed("finetune", steps.train_finetune, _params(ctx), method, tracking=not no_tracking)
+    out = _timed("finetune", steps.train_finetune, _cfg(ctx), method, tracking=not no_tracking)
     metrics = json.loads(Path(out["metrics"]).read_text())
     typer.echo(f"method {out['method']}: model {out['model']}, threshold {out['threshold']:.4f} "
                f"(chosen on valid), MLflow run {out['run_id'] or '-'}")
@@ -187,7 +197,7 @@ def experiments_ablation(
 ) -> None:
     """Scratch vs SwAV vs TP-SwAV, class-only vs unified loss, no-MoE vs MoE, companions, baselines -> one table."""
     overrides = {"model": {"companion": {"pseudo_rounds": pseudo_rounds}}} if pseudo_rounds else None
-    tidy = _timed("ablation", steps.ablation, _params(ctx), arms, out, overrides, tracking=not no_tracking)
+    tidy = _timed("ablation", steps.ablation, _cfg(ctx), arms, out, overrides, tracking=not no_tracking)
     f1 = tidy[(tidy["scope"] == "pooled") & (tidy["level"] == "patient") & (tidy["metric"] == "f1")]
     for _, row in f1.iterrows():
         typer.echo(f"  {row['arm']:<20} test patient-level pooled F1 {row['value']:.1f}")
@@ -212,7 +222,7 @@ def evaluate(ctx: typer.Context, no_tracking: bool = _NO_TRACK) -> None:
     from registry.errors import RegistryError
 
     try:
-        out = _timed("evaluate", steps.evaluate, _params(ctx), tracking=not no_tracking)
+        out = _timed("evaluate", steps.evaluate, _cfg(ctx), tracking=not no_tracking)
     except (EvaluationError, RegistryError) as exc:
         _fail(exc)
     champion = (f"champion v{out['champion_version']} re-scored on the same {out['n_patients_common']} test patients"
@@ -257,7 +267,7 @@ def registry_promote(
     from registry.errors import RegistryError
 
     try:
-        out = steps.promote(_params(ctx), actor=actor, reason=reason)
+        out = steps.promote(_cfg(ctx), actor=actor, reason=reason)
     except RegistryError as exc:
         _fail(exc)
     _echo_promotion(out)
@@ -275,7 +285,7 @@ def registry_rollback(
     from registry.errors import RegistryError
 
     try:
-        out = steps.rollback(_params(ctx), reason, actor=actor)
+        out = steps.rollback(_cfg(ctx), reason, actor=actor)
     except RegistryError as exc:
         _fail(exc)
     typer.echo(f"{out['model_name']}: champion v{out['rolled_back_version']} -> v{out['champion']} (rolled back by "
@@ -285,7 +295,7 @@ def registry_rollback(
 @registry_app.command("log")
 def registry_log(ctx: typer.Context) -> None:
     """The append-only promotion log (who / what / when / why), hash chain verified; exit 2 if it is broken."""
-    out = steps.registry_log(_params(ctx))
+    out = steps.registry_log(_cfg(ctx))
     typer.echo(out["text"])
     if not out["chain_ok"]:
         typer.echo(f"HASH CHAIN BROKEN: {out['chain_error']}", err=True)
@@ -296,7 +306,7 @@ def registry_log(ctx: typer.Context) -> None:
 @registry_app.command("status")
 def registry_status(ctx: typer.Context) -> None:
     """Registered versions, aliases and the champion's headline test metrics."""
-    out = steps.registry_status(_params(ctx))
+    out = steps.registry_status(_cfg(ctx))
     if not out["registered"]:
         typer.echo(f"{out['model_name']}: no version registered yet (`osteo evaluate`, then `osteo registry promote`)")
         return

@@ -1,8 +1,7 @@
-"""Pipeline steps as functions of the merged params: the one entry point per step.
+"""Pipeline steps as functions of the parsed :class:`osteo_config.Config`: the one entry point per step.
 
-The CLI (`osteo ...`, hence the DVC stages) and the Prefect flows both call
-these; each only parses its params section into the library's frozen config,
-resolves the stage folders and calls the library function. No step logic here.
+The CLI (`osteo ...`, hence the DVC stages, which the Prefect flows run) calls these; each
+hands the library its typed section config and explicit stage folders. No step logic here.
 
 Stage folders (each DVC stage owns one):
 ``paths.raw`` / ``paths.truth`` (cohort) → ``<interim>/ingest`` → ``<interim>/texture``
@@ -12,93 +11,72 @@ Stage folders (each DVC stage owns one):
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
-Params = Mapping[str, Any]
+from osteo_config import Config
 
 
-def path(params: Params, key: str) -> Path:
-    """A folder of the ``paths:`` section."""
-    return Path(params["paths"][key])
-
-
-def ingest_dir(params: Params) -> Path:
-    return path(params, "interim") / "ingest"
-
-
-def texture_dir(params: Params) -> Path:
-    return path(params, "interim") / "texture"
-
-
-def training_table_path(params: Params) -> Path:
-    return path(params, "data") / "processed" / "training_table.parquet"
-
-
-def cohort(params: Params, sites: list[str] | None = None, n_patients: int | None = None, progress: bool = True):
+def cohort(cfg: Config, sites: list[str] | None = None, n_patients: int | None = None, progress: bool = True):
     """Generate the synthetic cohort as a raw export (``cohort.simulate.run_cohort``)."""
-    from cohort.config import CohortConfig
     from cohort.simulate import run_cohort
 
-    return run_cohort(CohortConfig.from_params(params), path(params, "raw"), path(params, "truth"),
-                      sites=sites, n_patients=n_patients, progress=progress)
+    return run_cohort(cfg.cohort, cfg.paths.raw, cfg.paths.truth, sites=sites, n_patients=n_patients,
+                      progress=progress)
 
 
-def cohort_report(params: Params, out: Path | None = None) -> dict:
+def cohort_report(cfg: Config, out: Path | None = None) -> dict:
     """Write the cohort calibration report (``cohort.report.write_report``)."""
-    from cohort.config import CohortConfig
     from cohort.report import write_report
 
-    out = out or path(params, "reports") / "cohort"
-    return write_report(path(params, "raw"), path(params, "truth"), out, CohortConfig.from_params(params))
+    return write_report(cfg.paths.raw, cfg.paths.truth, out or cfg.paths.reports / "cohort", cfg.cohort)
 
 
-def ingest(params: Params, progress: bool = True):
+def ingest(cfg: Config, progress: bool = True):
     """Raw export → pseudonymised ROIs and tables (``features.ingest.run_ingest``)."""
-    from features.ingest import IngestConfig, run_ingest
+    from features.ingest import run_ingest
 
-    return run_ingest(IngestConfig.from_params(params), path(params, "raw"), ingest_dir(params),
-                      profile=params["profile"], progress=progress)
+    return run_ingest(cfg.ingest, cfg.paths.raw, cfg.paths.ingest_dir, profile=cfg.profile, progress=progress)
 
 
-def texture(params: Params, progress: bool = True):
+def texture(cfg: Config, progress: bool = True):
     """ROIs → texture pools + scalar radiomics (``features.texture_stage.run_texture``)."""
-    from features.texture_stage import TextureConfig, run_texture
+    from features.texture_stage import run_texture
 
-    return run_texture(TextureConfig.from_params(params), ingest_dir(params), texture_dir(params), progress=progress)
+    return run_texture(cfg.texture, cfg.paths.ingest_dir, cfg.paths.texture_dir, progress=progress)
 
 
-def splits(params: Params):
+def splits(cfg: Config):
     """Patient-level split table + hash (``features.splits.run_splits``)."""
-    from features.splits import SplitConfig, run_splits
+    from features.splits import run_splits
 
-    return run_splits(SplitConfig.from_params(params), ingest_dir(params), path(params, "interim"))
+    return run_splits(cfg.splits, cfg.paths.ingest_dir, cfg.paths.interim)
 
 
-def validate(params: Params, training: bool = False):
+def validate(cfg: Config, training: bool = False):
     """Run the Great Expectations suites; returns the report (``data_checks.gate`` stops on it).
 
     Args:
-        params: merged params.
+        cfg: the parsed configuration.
         training: validate only the assembled training table (after materialization);
             otherwise the stage tables (vertebrae, DXA, texture, radiomics).
     """
-    from data_checks import ChecksConfig, read_tables, run_checks
+    from data_checks import read_tables, run_checks
 
+    interim = cfg.paths.interim
     if training:
-        tables = {"training": read_tables(path(params, "interim"), training=training_table_path(params))["training"]}
+        tables = {"training": read_tables(interim, training=cfg.paths.training_table)["training"]}
     else:
-        tables = read_tables(path(params, "interim"))
+        tables = read_tables(interim)
     name = "training" if training else "tables"
-    report = run_checks(tables, ChecksConfig.from_params(params), docs_dir=path(params, "reports") / "data_docs" / name)
-    _write_validation_summary(report, path(params, "reports") / "validation" / f"{name}.json")
+    report = run_checks(tables, cfg.checks, docs_dir=cfg.paths.reports / "data_docs" / name)
+    _write_validation_summary(report, cfg.paths.reports / "validation" / f"{name}.json")
     return report
 
 
 def _write_validation_summary(report, out: Path) -> None:
     """Counts only (no values): the DVC output of the validate stages and a record for reviewers."""
-    import json
-
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "success": report.success,
@@ -108,85 +86,67 @@ def _write_validation_summary(report, out: Path) -> None:
     }, indent=2, sort_keys=True))
 
 
-def materialize(params: Params, full: bool = False):
+def materialize(cfg: Config, full: bool = False):
     """Apply the Feast repo and materialize incrementally (``features.store.materialize``)."""
-    from features.store import FeatureStoreConfig, materialize as _materialize
+    from features.store import materialize as _materialize
 
-    cfg = FeatureStoreConfig.from_params(params)
-    return _materialize(cfg, ingest_dir(params), texture_dir(params), Path(cfg.repo_dir), full=full)
+    return _materialize(cfg.store, cfg.paths.ingest_dir, cfg.paths.texture_dir, Path(cfg.store.repo_dir), full=full)
 
 
-def training_table(params: Params):
+def training_table(cfg: Config):
     """Pair vertebrae with DXA labels through ``osteo_training_v1`` and attach splits."""
-    from features.splits import SplitConfig
-    from features.store import FeatureStoreConfig
     from features.training_table import build_training_table
 
-    cfg = FeatureStoreConfig.from_params(params)
-    splits_path = path(params, "interim") / SplitConfig.from_params(params).file
-    return build_training_table(cfg, Path(cfg.repo_dir), splits_path, training_table_path(params))
+    return build_training_table(cfg.store, Path(cfg.store.repo_dir), cfg.paths.splits_table, cfg.paths.training_table)
 
 
-def latency(params: Params, n: int | None = None):
+def latency(cfg: Config, n: int | None = None):
     """Time online look-ups through ``osteo_screening_v1`` (``features.store.online_latency``)."""
-    from features.store import FeatureStoreConfig, online_latency
+    from features.store import online_latency
 
-    cfg = FeatureStoreConfig.from_params(params)
-    return online_latency(cfg, Path(cfg.repo_dir), n=n)
+    return online_latency(cfg.store, Path(cfg.store.repo_dir), n=n)
 
 
 # --- models ------------------------------------------------------------------
-def models_dir(params: Params) -> Path:
-    return path(params, "models")
-
-
-def metrics_dir(params: Params) -> Path:
-    return path(params, "metrics")
-
-
-def train_method(params: Params, method: str | None = None) -> str:
+def train_method(cfg: Config, method: str | None = None) -> str:
     """The method to train: the argument, else ``train.method``."""
-    return method or str((params.get("train") or {}).get("method", "tp_swav"))
+    return method or cfg.method
 
 
-def train_pretrain(params: Params, method: str | None = None, tracking: bool = True) -> dict:
-    """Self-supervised pretraining → ``<models>/pretrain/encoder.pt`` (``osteo_model.experiment.run_pretrain_stage``).
+def train_pretrain(cfg: Config, method: str | None = None, tracking: bool = True) -> dict:
+    """Self-supervised pretraining → ``<models>/pretrain/encoder.pt`` (``osteo_model.stages.run_pretrain_stage``).
 
     Methods without pretraining (``scratch``) write nothing and return ``{"encoder": None}``.
     """
-    from osteo_model.experiment import run_pretrain_stage
+    from osteo_model.stages import run_pretrain_stage
 
-    return run_pretrain_stage(params, train_method(params, method), models_dir(params), tracking=tracking)
-
-
-def train_finetune(params: Params, method: str | None = None, tracking: bool = True) -> dict:
-    """Fine-tune, pick the validation threshold, score valid/test (``run_finetune_stage``) → ``<metrics>/train.json``."""
-    from osteo_model.experiment import run_finetune_stage
-
-    return run_finetune_stage(params, train_method(params, method), models_dir(params),
-                              metrics_dir(params) / "train.json", tracking=tracking)
+    return run_pretrain_stage(cfg.experiment(), train_method(cfg, method), cfg.paths.models, tracking=tracking)
 
 
-def ablation(params: Params, arms: list[str] | None = None, out_md: Path = Path("docs/results.md"),
+def train_finetune(cfg: Config, method: str | None = None, tracking: bool = True) -> dict:
+    """Fine-tune, pick the validation operating point, score valid/test (``run_finetune_stage``) → ``<metrics>/train.json``."""
+    from osteo_model.stages import run_finetune_stage
+
+    return run_finetune_stage(cfg.experiment(), train_method(cfg, method), cfg.paths.models,
+                              cfg.paths.metrics / "train.json", tracking=tracking)
+
+
+def ablation(cfg: Config, arms: list[str] | None = None, out_md: Path = Path("docs/results.md"),
              overrides: Mapping[str, Any] | None = None, tracking: bool = True):
-    """The paper's comparison on the cohort → a table in ``out_md`` (``osteo_model.ablation.run_ablation``)."""
-    from osteo_model.ablation import run_ablation
+    """The paper's comparison on the cohort → a table in ``out_md`` (``osteo_model.ablation.run_ablation``).
 
-    return run_ablation(params, arms, out_md, models_dir(params) / "ablation", overrides=overrides, tracking=tracking)
+    ``overrides`` applies to every arm; each arm's own overlay (``ARMS``) is applied here, at the edge.
+    """
+    from osteo_model.ablation import ARMS, run_ablation
+
+    base = cfg.override(overrides)
+    overlay = {arm: ARMS[arm][1] if arm in ARMS else {} for arm in (arms or ARMS)}  # unknown arms: run_ablation refuses
+    specs = {arm: base.override(o).experiment() for arm, o in overlay.items()}
+    return run_ablation(base.experiment(), specs, out_md, cfg.paths.models / "ablation", tracking=tracking)
 
 
 # --- evaluation and registry ------------------------------------------------------
-def evaluation_dir(params: Params) -> Path:
-    return path(params, "reports") / "evaluation"
-
-
-def _registry_config(params: Params):
-    from registry.config import RegistryConfig
-
-    return RegistryConfig.from_params(params)
-
-
-def evaluate(params: Params, tracking: bool = True) -> dict:
+def evaluate(cfg: Config, tracking: bool = True) -> dict:
     """Evaluate the candidate on the test split with its stored threshold, paired with the champion when the
     registry has one → ``<metrics>/evaluate.json``, ``<metrics>/plots``, ``<reports>/evaluation``, MLflow child run
     ``evaluate`` (``osteo_model.evaluate_stage.run_evaluate_stage``).
@@ -198,49 +158,48 @@ def evaluate(params: Params, tracking: bool = True) -> dict:
     from osteo_model.evaluate_stage import run_evaluate_stage
     from registry.pipeline import champion_ref
 
-    champion = champion_ref(_registry_config(params)) if tracking else None
-    return run_evaluate_stage(params, models_dir(params), metrics_dir(params), evaluation_dir(params),
-                              champion=champion, tracking=tracking)
+    champion = champion_ref(cfg.registry) if tracking else None
+    return run_evaluate_stage(cfg.evaluate, cfg.tracking, cfg.paths.data_paths(), cfg.paths.models,
+                              cfg.paths.metrics, cfg.paths.evaluation_dir, champion=champion, tracking=tracking)
 
 
 def format_site_table(rows: list[dict]) -> str:
-    """Text table of ``evaluate(...)["per_site"]`` (``osteo_model.evaluate.format_site_table``)."""
-    from osteo_model.evaluate import format_site_table as _format
+    """Text table of ``evaluate(...)["per_site"]`` (``osteo_model.report.format_site_table``)."""
+    from osteo_model.report import format_site_table as _format
 
     return _format(rows)
 
 
-def promote(params: Params, actor: str | None = None, reason: str | None = None) -> dict:
+def promote(cfg: Config, actor: str | None = None, reason: str | None = None) -> dict:
     """Gate the evaluated candidate, register it as a new version and promote it when every gate passes
     → ``<metrics>/promotion.json`` (``registry.pipeline.promote_candidate``).
 
     Returns ``{"state": "promoted" | "rejected", "version", "failed_gates": [{gate, scope, metric, value,
     bound, ...}], "reasons", "aliases", ...}``; raises ``EvaluationMissingError`` without ``evaluate.json``.
     """
-    from registry.gates import GatesConfig
     from registry.pipeline import promote_candidate
 
-    return promote_candidate(_registry_config(params), GatesConfig.from_params(params),
-                             models_dir(params) / "finetune" / "finetune.json", metrics_dir(params) / "evaluate.json",
-                             metrics_dir(params) / "promotion.json", actor=actor, reason=reason)
+    models, metrics = cfg.paths.models, cfg.paths.metrics
+    return promote_candidate(cfg.registry, cfg.gates, models / "finetune" / "finetune.json",
+                             metrics / "evaluate.json", metrics / "promotion.json", actor=actor, reason=reason)
 
 
-def rollback(params: Params, reason: str, actor: str | None = None) -> dict:
+def rollback(cfg: Config, reason: str, actor: str | None = None) -> dict:
     """``previous-champion`` becomes champion again (``registry.pipeline.rollback_champion``)."""
     from registry.pipeline import rollback_champion
 
-    return rollback_champion(_registry_config(params), reason, actor=actor)
+    return rollback_champion(cfg.registry, reason, actor=actor)
 
 
-def registry_status(params: Params) -> dict:
+def registry_status(cfg: Config) -> dict:
     """Versions, aliases and the champion's headline metrics (``registry.pipeline.registry_status``)."""
     from registry.pipeline import registry_status as _status
 
-    return _status(_registry_config(params))
+    return _status(cfg.registry)
 
 
-def registry_log(params: Params) -> dict:
+def registry_log(cfg: Config) -> dict:
     """The promotion audit log, formatted, with its hash chain verified (``registry.pipeline.audit_log``)."""
     from registry.pipeline import audit_log
 
-    return audit_log(_registry_config(params))
+    return audit_log(cfg.registry)

@@ -17,10 +17,12 @@ from typing import Any, Mapping
 
 import yaml
 
+from osteo_config.errors import ConfigError
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class ParamsError(ValueError):
+class ParamsError(ConfigError):
     """params.yaml is missing, malformed or names an unknown profile."""
 
 
@@ -71,31 +73,3 @@ def params_hash(params: Mapping[str, Any], sections: tuple[str, ...] | None = No
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-# --- the MLflow tracking / model-registry database: one resolver for every package ---------------
-TRACKING_PROFILES = ("local", "production")
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-
-
-def resolve_tracking_uri(tracking: Mapping[str, Any] | None) -> str:
-    """The MLflow tracking + model-registry URI selected by a ``tracking:`` section.
-
-    ``profile: local`` (default) -> ``uri`` (SQLite file, default ``sqlite:///mlflow.db``);
-    ``profile: production`` -> ``production_uri`` (PostgreSQL). Both
-    :class:`osteo_model.tracking.TrackingConfig` (runs) and
-    :class:`registry.config.RegistryConfig` (aliases, audit log, lock) call this, so
-    runs and registered versions always live in the same database.
-
-    Raises:
-        ParamsError: unknown profile, or the production profile without ``production_uri``.
-    """
-    sec = dict(tracking or {})
-    profile = sec.get("profile", "local")
-    if profile not in TRACKING_PROFILES:
-        raise ParamsError(f"tracking.profile={profile!r}: use one of {list(TRACKING_PROFILES)}")
-    if profile == "production":
-        uri = sec.get("production_uri")
-        if not uri:
-            raise ParamsError("tracking.profile=production needs tracking.production_uri "
-                              "(e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/mlflow)")
-        return str(uri)
-    return str(sec.get("uri") or DEFAULT_TRACKING_URI)

@@ -24,9 +24,9 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from osteo_config.params import deep_merge
+from osteo_config.experiment import ExperimentSpec
 from osteo_model.experiment import run_training
-from osteo_model.tracking import Tracker, TrackingConfig, tracked_params
+from osteo_model.tracking import Tracker
 
 ARMS: dict[str, tuple[str, dict[str, Any], str]] = {
     "scratch": ("scratch", {}, "no pretraining; MoE + unified loss"),
@@ -104,36 +104,33 @@ def write_table(out_md: Path, table_md: str, header: str) -> None:
     out_md.write_text(text)
 
 
-def run_ablation(params: Mapping[str, Any], methods: list[str] | None, out_md: Path,
-                 out_dir: Path = Path("models/ablation"), overrides: Mapping[str, Any] | None = None,
-                 tracking: bool = True) -> pd.DataFrame:
+def run_ablation(base: ExperimentSpec, arm_specs: Mapping[str, ExperimentSpec], out_md: Path,
+                 out_dir: Path = Path("models/ablation"), tracking: bool = True) -> pd.DataFrame:
     """Run the arms, evaluate them on the same test patients and write one table to ``out_md``.
 
     Args:
-        params: merged params.yaml.
-        methods: arm names of :data:`ARMS` (None = all, in table order).
+        base: the configuration every arm starts from (its params are logged on the ``ablation`` parent).
+        arm_specs: arm name of :data:`ARMS` -> that arm's configuration (the base with the arm's
+            overlay applied at the configuration edge, :meth:`osteo_config.Config.override`), in table order.
         out_md: markdown file whose ablation block is replaced (e.g. ``docs/results.md``).
         out_dir: per-arm outputs (``<out_dir>/<arm>/``).
-        overrides: params overlay applied to every arm (e.g. shorter epochs for the ablation).
         tracking: log one MLflow run per arm under an ``ablation`` parent.
 
     Returns:
         The tidy metrics frame (arm, scope, level, metric, value, lo, hi) plus a ``seconds`` row per arm.
     """
-    arms = list(methods or ARMS)
+    arms = list(arm_specs)
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise ValueError(f"unknown ablation arms {unknown}: choose from {list(ARMS)}")
-    base = deep_merge(params, overrides or {})
-    tracker = Tracker(TrackingConfig.from_params(base), enabled=tracking)
+    tracker = Tracker(base.tracking, enabled=tracking)
     frames, encoders, timing = [], {}, {}
-    with tracker.parent("ablation", {"method": "ablation", "profile": str(base.get("profile", "demo"))},
-                        tracked_params(base)):
+    with tracker.parent("ablation", {"method": "ablation", "profile": base.profile}, base.run_params):
         for arm in arms:
-            method, overlay, _ = ARMS[arm]
+            method = ARMS[arm][0]
             init = encoders.get("tp_swav") if method in TP_ENCODER_METHODS else None
             t0 = time.perf_counter()
-            res = run_training(base, method, overrides=overlay, tracking=tracking, out_dir=Path(out_dir) / arm,
+            res = run_training(arm_specs[arm], method, tracking=tracking, out_dir=Path(out_dir) / arm,
                                init_encoder=init, run_name=arm)
             timing[arm] = time.perf_counter() - t0
             if method in TP_ENCODER_METHODS and init is None and res.encoder_path is not None:
@@ -144,7 +141,7 @@ def run_ablation(params: Mapping[str, Any], methods: list[str] | None, out_md: P
     tidy = pd.concat(frames, ignore_index=True)
     tidy = pd.concat([tidy, pd.DataFrame([{"arm": a, "scope": "all", "level": "run", "metric": "seconds",
                                            "value": s} for a, s in timing.items()])], ignore_index=True)
-    header = (f"Profile `{base.get('profile')}`; test split (site D external); threshold chosen on validation "
+    header = (f"Profile `{base.profile}`; test split (site D external); threshold chosen on validation "
               "(learned arms) or fixed (HU rules); metrics in %, AUROC/r unitless, MAE g/cm2; "
               "[95% patient-bootstrap CI]. Arms: " + "; ".join(f"`{a}` = {ARMS[a][2]}" for a in arms) + ".")
     write_table(out_md, markdown_table(tidy, arms), header)

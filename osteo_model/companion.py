@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from osteo_model.backbones import Encoder
+from osteo_model.operating_point import PlattCalibration, ThresholdChoice, patient_max, select_threshold  # noqa: F401  (re-exported)
 
 M = TypeVar("M")
 
@@ -194,98 +195,6 @@ class ScreeningObjective:
         return total, {"loss": float(total.detach()), **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}}
 
 
-# --- 003: sensitivity-constrained threshold -----------------------------------------
-@dataclass(frozen=True)
-class ThresholdChoice:
-    """Operating point: predict positive when ``score >= threshold``."""
-
-    threshold: float
-    sensitivity: float
-    specificity: float
-    min_sensitivity: float
-    n_pos: int
-    n_neg: int
-
-
-def select_threshold(scores: np.ndarray, labels: np.ndarray, min_sensitivity: float = 0.86) -> ThresholdChoice:
-    """Best specificity subject to sensitivity >= ``min_sensitivity`` (paper 003).
-
-    Candidates are the distinct score values (positive iff ``score >= t``).
-    Ties in specificity go to the higher sensitivity (i.e. the lower threshold:
-    in screening a missed case costs more than a false alarm). Distinct
-    candidates always differ in (TP, FP), so this rule picks exactly one. The
-    smallest score is always feasible (sensitivity 1).
-
-    Raises:
-        ValueError: labels not binary, a class missing, or non-finite scores.
-    """
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels).ravel()
-    if s.shape != y.shape or not np.isin(y, (0, 1)).all() or not np.isfinite(s).all():
-        raise ValueError("scores and labels must be equal-length, finite, with labels in {0, 1}")
-    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"validation needs both classes (positives {n_pos}, negatives {n_neg})")
-    order = np.argsort(-s, kind="stable")
-    s_sorted, y_sorted = s[order], y[order]
-    tp, fp = np.cumsum(y_sorted == 1), np.cumsum(y_sorted == 0)
-    last_of_value = np.r_[s_sorted[1:] != s_sorted[:-1], True]              # end of each run of equal scores
-    thr, tp, fp = s_sorted[last_of_value], tp[last_of_value], fp[last_of_value]
-    sens, spec = tp / n_pos, 1.0 - fp / n_neg
-    feasible = sens >= min_sensitivity - 1e-12
-    best = np.lexsort((-sens[feasible], -spec[feasible]))[0]               # max spec, then max sens
-    i = np.flatnonzero(feasible)[best]
-    return ThresholdChoice(float(thr[i]), float(sens[i]), float(spec[i]), float(min_sensitivity), n_pos, n_neg)
-
-
 # --------------------------------------------------------------------------- operating point helpers
 
-def patient_max(scores: np.ndarray, labels: np.ndarray, patient_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-patient (max score, max label): the any-vertebra rule of METHOD §6 as one row per patient.
 
-    A threshold t on these rows gives exactly the patient-level decisions of applying t to every vertebra.
-    """
-    frame = pd.DataFrame({"p": np.asarray(patient_ids), "s": np.asarray(scores, dtype=np.float64),
-                          "y": np.asarray(labels)})
-    agg = frame.groupby("p", sort=True).agg(s=("s", "max"), y=("y", "max"))
-    return agg["s"].to_numpy(), agg["y"].to_numpy()
-
-
-@dataclass(frozen=True)
-class PlattCalibration:
-    """``p = sigmoid(a * logit(score) + b)``, fitted on validation vertebrae (monotone: AUROC unchanged)."""
-
-    a: float = 1.0
-    b: float = 0.0
-
-    def apply(self, scores: np.ndarray) -> np.ndarray:
-        s = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, 1 - 1e-6)
-        z = self.a * np.log(s / (1 - s)) + self.b
-        return 1.0 / (1.0 + np.exp(-z))
-
-    @classmethod
-    def fit(cls, scores: np.ndarray, labels: np.ndarray) -> "PlattCalibration":
-        """Maximum-likelihood (a, b) by Newton's method on the logistic log-loss.
-
-        Raises:
-            ValueError: a class is missing, or the fit does not converge / gives a non-increasing map (a <= 0).
-        """
-        y = np.asarray(labels, dtype=np.float64).ravel()
-        s = np.clip(np.asarray(scores, dtype=np.float64).ravel(), 1e-6, 1 - 1e-6)
-        if y.min() == y.max():
-            raise ValueError("calibration needs both classes in the validation split")
-        x = np.stack([np.log(s / (1 - s)), np.ones_like(s)], axis=1)            # (n, 2)
-        w = np.zeros(2)                                                          # Newton from 0: converges unless separable
-        for _ in range(100):
-            p = 1.0 / (1.0 + np.exp(-(x @ w)))
-            grad = x.T @ (p - y)
-            hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-9 * np.eye(2)
-            step = np.linalg.solve(hess, grad)
-            w = w - step
-            if np.abs(step).max() < 1e-10:
-                break
-        else:
-            raise ValueError("Platt calibration did not converge (separable validation scores?)")
-        if not (np.isfinite(w).all() and w[0] > 0):
-            raise ValueError(f"Platt calibration gave a={w[0]:.3g}: scores do not rank validation cases")
-        return cls(float(w[0]), float(w[1]))

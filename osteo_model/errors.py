@@ -1,13 +1,11 @@
 """Typed errors of the model package: each message says what to do next."""
 from __future__ import annotations
 
+from osteo_config.model import ModelConfigError  # noqa: F401  (raised by the config package)
+
 
 class ModelError(Exception):
     """Base class of every error raised by :mod:`osteo_model`."""
-
-
-class ModelConfigError(ModelError, ValueError):
-    """A ``model:`` or ``train:`` value in params.yaml is out of range or unknown."""
 
 
 class CheckpointMismatchError(ModelError):

@@ -5,8 +5,7 @@ Entry points:
 * :func:`evaluate_predictions` (pure): predictions -> JSON-able metrics dict.
 * :func:`site_table` / :func:`format_site_table` / :func:`headline_metrics` (pure): the
   per-site patient-level headline, as rows, as text, and as the DVC metrics file.
-* :func:`write_evaluation` (I/O shell): metrics.json, DVC plot files, PNG plots and a
-  self-contained HTML report with the plots embedded as base64.
+* rendering (text, HTML, files) is :mod:`osteo_model.report`; plots are :mod:`osteo_model.figures`.
 
 The threshold is the one stored with the model version (chosen on validation
 data); it is never re-tuned here. Layout of the metrics dict::
@@ -24,73 +23,26 @@ file is strict JSON and a gate sees them as missing. No torch here.
 """
 from __future__ import annotations
 
-import base64
-import html
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from osteo_config.evaluate import EvaluateConfig, EvaluationError  # noqa: F401  (re-exported)
 from osteo_model import metrics as M
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("patient_id", "site", "level", "y_true", "score")
 LEVELS: tuple[str, ...] = ("vertebra", "patient")
 
 
-class EvaluationError(ValueError):
-    """Predictions or the ``evaluate:`` section cannot produce a valid evaluation."""
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """The ``evaluate:`` section of params.yaml (units and ranges are commented there)."""
-
-    sites: tuple[str, ...] = ("A", "B", "C", "D")
-    external_sites: tuple[str, ...] = ("D",)
-    n_boot: int = 1000
-    ci_level: float = 0.95
-    seed: int = 20260601
-    ci_metrics: tuple[str, ...] = ("acc", "sen", "spe", "f1", "auroc", "auprc", "bmd_r", "bmd_mae")
-    compare_metrics: tuple[str, ...] = ("acc", "sen", "spe", "f1", "auroc")
-    reliability_bins: int = 10
-    age_bands: tuple[float, ...] = (60.0, 70.0, 80.0)
-    subgroups: tuple[str, ...] = ("sex", "age_band", "scanner")
-
-    def __post_init__(self) -> None:
-        def check(ok: bool, msg: str) -> None:
-            if not ok:
-                raise EvaluationError(f"evaluate.{msg}; fix it in params.yaml")
-        check(len(self.sites) > 0 and set(self.external_sites) <= set(self.sites),
-              f"external_sites {list(self.external_sites)} must be a subset of sites {list(self.sites)}")
-        check(self.n_boot >= 1, f"n_boot={self.n_boot} must be >= 1")
-        check(0.0 < self.ci_level < 1.0, f"ci_level={self.ci_level} must lie in (0, 1)")
-        check(self.reliability_bins >= 2, f"reliability_bins={self.reliability_bins} must be >= 2")
-        check(list(self.age_bands) == sorted(self.age_bands), "age_bands must be increasing")
-        check(set(self.subgroups) <= {"sex", "age_band", "scanner", "site"},
-              f"subgroups {list(self.subgroups)}: choose from sex, age_band, scanner, site")
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "EvaluateConfig":
-        """Parse ``params['evaluate']`` (unknown keys are an error)."""
-        section = dict(params.get("evaluate") or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = set(section) - known
-        if unknown:
-            raise EvaluationError(f"evaluate: unknown keys {sorted(unknown)}; valid keys are {sorted(known)}")
-        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
-        return cls(**values)
-
-
-def _clean(value: Any) -> Any:
+def clean_json(value: Any) -> Any:
     """NaN/inf -> None, numpy scalars -> Python, recursively (strict JSON)."""
     if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): clean_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [clean_json(v) for v in value]
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (float, np.floating)):
@@ -98,7 +50,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _check_frame(pred: pd.DataFrame, what: str) -> pd.DataFrame:
+def check_frame(pred: pd.DataFrame, what: str) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in pred.columns]
     if missing:
         raise EvaluationError(f"{what} lacks columns {missing}; predictions need {list(REQUIRED_COLUMNS)}")
@@ -239,7 +191,7 @@ def evaluate_predictions(pred: pd.DataFrame, cfg: EvaluateConfig, threshold: flo
         EvaluationError: missing columns, labels not 0/1, scores outside [0, 1], or a
             champion without its threshold.
     """
-    pred = _check_frame(pred, "pred")
+    pred = check_frame(pred, "pred")
     if not 0.0 <= threshold <= 1.0:
         raise EvaluationError(f"threshold {threshold} is outside [0, 1]: pass the threshold stored with the model")
     present = set(pred["site"])
@@ -254,12 +206,12 @@ def evaluate_predictions(pred: pd.DataFrame, cfg: EvaluateConfig, threshold: flo
         if champion_threshold is None:
             raise EvaluationError("champion_pred given without champion_threshold: "
                                   "pass the champion's stored threshold")
-        out["vs_champion"] = _compare(pred, threshold, _check_frame(champion_pred, "champion_pred"),
+        out["vs_champion"] = _compare(pred, threshold, check_frame(champion_pred, "champion_pred"),
                                       float(champion_threshold), cfg)
     if baselines:
-        out["baselines"] = {name: _model_block(_check_frame(f, f"baseline {name}"), float(t), cfg)
+        out["baselines"] = {name: _model_block(check_frame(f, f"baseline {name}"), float(t), cfg)
                             for name, (f, t) in baselines.items()}
-    return _clean(out)
+    return clean_json(out)
 
 # --------------------------------------------------------------------------- summaries (pure)
 
@@ -295,22 +247,6 @@ def site_table(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def format_site_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Fixed-width text of :func:`site_table` rows (ACC/SEN/SPE/F1 in percent with CIs; AUROC 0-1)."""
-    has_comp = any("f1_diff" in r for r in rows)
-    head = f"{'scope':<10} {'patients':>8} {'pos':>4}  " + "  ".join(f"{k.upper():<20}" for k in SITE_TABLE_KEYS)
-    lines = [head + ("  dF1 vs champion (p)" if has_comp else "")]
-    for r in rows:
-        cells = [_fmt(r.get(k), r.get(f"{k}_lo"), r.get(f"{k}_hi"), k in M.BINARY_KEYS) for k in SITE_TABLE_KEYS]
-        line = (f"{r['scope'] + ('*' if r.get('external') else ''):<10} {r.get('n_patients') or 0:>8} "
-                f"{r.get('n_pos') or 0:>4}  " + "  ".join(f"{c:<20}" for c in cells))
-        if has_comp:
-            line += f"  {_fmt(r.get('f1_diff'), percent=True)} ({_fmt(r.get('f1_p'))})" if "f1_diff" in r else "  -"
-        lines.append(line.rstrip())
-    lines.append("* external site (never trained on); n/a = undefined (e.g. no positive patient)")
-    return "\n".join(lines)
-
-
 def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """``{scope: {<k>: value}}`` of the patient-level :data:`HEADLINE_KEYS` plus the vertebra-level AUROC and
     calibration slope, and the paired differences vs the champion: flat enough for ``dvc metrics show``."""
@@ -328,7 +264,7 @@ def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
             if paired:
                 out["vs_champion"][scope] = {f"{k}_{part}": paired[k].get(part) for k in ("f1", "auroc")
                                              if k in paired for part in ("diff", "p")}
-    return _clean(out)
+    return clean_json(out)
 
 
 def scalar_metrics(block: Mapping[str, Any], prefix: str) -> dict[str, float]:
@@ -350,11 +286,8 @@ def scalar_metrics(block: Mapping[str, Any], prefix: str) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- I/O shell: files, plots, report
 
-_HEADLINE = ("n_patients", "n", "n_pos", "acc", "sen", "spe", "f1", "auroc", "auprc", "bmd_r", "bmd_mae",
-             "cal_slope", "cal_intercept", "ece", "brier")
 
-
-def _fmt(v: Any, lo: Any = None, hi: Any = None, percent: bool = False) -> str:
+def fmt(v: Any, lo: Any = None, hi: Any = None, percent: bool = False) -> str:
     """``value [lo, hi]``: percentages with 1 decimal, other metrics with 3, counts as integers."""
     if v is None:
         return "n/a"
@@ -367,154 +300,3 @@ def _fmt(v: Any, lo: Any = None, hi: Any = None, percent: bool = False) -> str:
     return text
 
 
-def metrics_table(metrics: Mapping[str, Any], level: str) -> pd.DataFrame:
-    """Human-readable table (rows: scopes; cells: value [CI]) of one level of a metrics dict."""
-    rows = []
-    for scope in [f"site_{s}" for s in metrics["sites"]] + ["internal", "external", "pooled"]:
-        m = (metrics.get(scope) or {}).get(level) or {}
-        rows.append({"scope": scope, **{k: _fmt(m.get(k), m.get(f"{k}_lo"), m.get(f"{k}_hi"), k in M.BINARY_KEYS)
-                                        for k in _HEADLINE if k in m}})
-    return pd.DataFrame(rows)
-
-
-def _png(fig: Any, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def _plots(pred: pd.DataFrame, patients: pd.DataFrame, metrics: Mapping[str, Any], out: Path,
-           n_bins: int) -> list[Path]:
-    from matplotlib.figure import Figure  # Figure without pyplot: no global backend state
-
-    sites, t = list(metrics["sites"]), float(metrics["threshold"])
-    written = []
-    fig = Figure(figsize=(5.5, 5))
-    ax = fig.subplots()
-    for scope, frame in [(f"site_{s}", patients[patients["site"] == s]) for s in sites] + [("pooled", patients)]:
-        if frame["y_true"].nunique() < 2:
-            continue
-        roc = M.roc_points(frame["y_true"], frame["score"])
-        auc = (metrics.get(scope) or {}).get("patient", {}).get("auroc")
-        ax.plot(roc["fpr"], roc["tpr"], lw=2 if scope == "pooled" else 1.2, label=f"{scope} (AUROC {_fmt(auc)})")
-    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"Patient-level ROC (threshold {t:.3f})")
-    ax.legend(loc="lower right", fontsize=8)
-    _png(fig, out / "roc.png")
-    written.append(out / "roc.png")
-
-    fig = Figure(figsize=(5.5, 5))
-    ax = fig.subplots()
-    for scope, frame in [(f"site_{s}", pred[pred["site"] == s]) for s in sites] + [("pooled", pred)]:
-        if frame.empty:
-            continue
-        b = M.reliability_bins(frame["y_true"], frame["score"], n_bins)
-        b = b[b["n"] > 0]
-        ax.plot(b["mean_score"], b["frac_pos"], marker="o", ms=3, lw=2 if scope == "pooled" else 1, label=scope)
-    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-    ax.set(xlabel="mean predicted score", ylabel="observed osteoporosis fraction", xlim=(0, 1), ylim=(0, 1),
-           title="Reliability (vertebra level)")
-    ax.legend(fontsize=8)
-    _png(fig, out / "reliability.png")
-    written.append(out / "reliability.png")
-
-    scopes_ = [(f"site_{s}", patients[patients["site"] == s]) for s in sites] + [("pooled", patients)]
-    fig = Figure(figsize=(2.6 * len(scopes_), 2.8))
-    for ax, (scope, frame) in zip(np.atleast_1d(fig.subplots(1, len(scopes_))), scopes_):
-        c = M.confusion(frame["y_true"], frame["y_pred"])
-        mat = np.array([[c.tn, c.fp], [c.fn, c.tp]])
-        ax.imshow(mat, cmap="Blues")
-        for (i, j), v in np.ndenumerate(mat):
-            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > mat.max() / 2 else "black")
-        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["pred -", "pred +"], yticklabels=["true -", "true +"],
-               title=scope)
-    _png(fig, out / "confusion.png")
-    written.append(out / "confusion.png")
-    return written
-
-
-def _html(metrics: Mapping[str, Any], images: Mapping[str, Path]) -> str:
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>osteo evaluation</title><style>",
-             "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}h2{margin-top:1.5em}",
-             "</style></head><body><h1>Model evaluation</h1>",
-             f"<p>Operating threshold {metrics['threshold']:.4f} (stored with the model, not tuned on test data); "
-             f"{metrics['n_boot']} patient-level bootstrap replicates stratified by site, "
-             f"{100 * metrics['ci_level']:.0f}% percentile intervals. ACC/SEN/SPE/F1 in percent. "
-             "Patient positive if any vertebra is positive (truth and prediction).</p>"]
-    if metrics.get("missing_sites"):
-        parts.append(f"<p><b>Sites without predictions: {html.escape(str(metrics['missing_sites']))}</b></p>")
-    for level in LEVELS:
-        parts.append(f"<h2>{level.capitalize()} level</h2>" + metrics_table(metrics, level).to_html(index=False))
-    for attr, groups in (metrics.get("subgroups") or {}).items():
-        frame = pd.DataFrame([{"value": k, **{c: _fmt(x, percent=c in M.BINARY_KEYS) for c, x in v.items()}}
-                              for k, v in groups.items()])
-        parts.append(f"<h2>Subgroups: {html.escape(attr)} (patient level, all sites)</h2>" + frame.to_html(index=False))
-    comp = metrics.get("vs_champion")
-    if comp:
-        rows = []
-        for scope, block in comp.items():
-            if not isinstance(block, Mapping) or not block.get("patient"):
-                continue
-            for k, v in block["patient"].items():
-                rows.append({"scope": scope, "metric": k, **{c: _fmt(x) for c, x in v.items()}})
-        parts.append(f"<h2>Paired comparison vs champion ({comp['n_patients_common']} common patients)</h2>"
-                     + pd.DataFrame(rows).fillna("").to_html(index=False))
-    for name, block in (metrics.get("baselines") or {}).items():
-        parts.append(f"<h2>Baseline: {html.escape(name)} (patient level)</h2>"
-                     + metrics_table({**block, "sites": metrics["sites"]}, "patient").to_html(index=False))
-    for title, path in images.items():
-        data = base64.b64encode(path.read_bytes()).decode()
-        parts.append(f"<h2>{html.escape(title)}</h2>"
-                     f"<img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
-    parts.append("<h2>Raw metrics</h2><pre>" + html.escape(json.dumps(metrics, indent=1)) + "</pre></body></html>")
-    return "\n".join(parts)
-
-
-def write_evaluation(metrics: Mapping[str, Any], pred: pd.DataFrame, out_dir: str | Path,
-                     reliability_bins: int = 10, plots_dir: str | Path | None = None) -> list[Path]:
-    """Write the evaluation files and return their paths.
-
-    Files under ``out_dir``: ``metrics.json`` (the full metrics dict), ``plots/roc_patient_<scope>.csv``
-    (fpr, tpr, threshold), ``plots/reliability_vertebra_pooled.csv``, ``plots/confusion_patient.csv``
-    (site, actual, predicted; DVC confusion template), ``roc.png``, ``reliability.png``,
-    ``confusion.png`` and ``report.html`` (self-contained, plots embedded as base64).
-
-    Args:
-        metrics: the dict returned by :func:`evaluate_predictions` for ``pred``.
-        pred: the same predictions (vertebra rows).
-        out_dir: output folder (created).
-        reliability_bins: bins of the reliability files (use ``cfg.reliability_bins``).
-        plots_dir: folder of the CSV plot data instead of ``out_dir/plots`` (the DVC stage keeps
-            them under ``<paths.metrics>/plots``).
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plots = Path(plots_dir) if plots_dir is not None else out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    pred = _check_frame(pred, "pred")
-    patients = M.patient_table(pred, float(metrics["threshold"]))
-    written: list[Path] = []
-    (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2, sort_keys=True, allow_nan=False) + "\n")
-    written.append(out / "metrics.json")
-    for s in list(metrics["sites"]) + ["pooled"]:
-        frame = patients if s == "pooled" else patients[patients["site"] == s]
-        scope = "pooled" if s == "pooled" else f"site_{s}"
-        if frame["y_true"].nunique() < 2:
-            continue
-        roc = M.roc_points(frame["y_true"], frame["score"])
-        roc["threshold"] = roc["threshold"].clip(upper=1.0)          # inf start point -> 1.0 (CSV-friendly)
-        roc[["fpr", "tpr", "threshold"]].to_csv(plots / f"roc_patient_{scope}.csv", index=False)
-        written.append(plots / f"roc_patient_{scope}.csv")
-    rel = M.reliability_bins(pred["y_true"], pred["score"], reliability_bins)
-    rel[rel["n"] > 0].to_csv(plots / "reliability_vertebra_pooled.csv", index=False)
-    written.append(plots / "reliability_vertebra_pooled.csv")
-    conf = pd.DataFrame({"site": patients["site"], "actual": patients["y_true"], "predicted": patients["y_pred"]})
-    conf.to_csv(plots / "confusion_patient.csv", index=False)
-    written.append(plots / "confusion_patient.csv")
-    images = _plots(pred, patients, metrics, out, reliability_bins)
-    written.extend(images)
-    titles = {"roc.png": "ROC per site (patient level)", "reliability.png": "Reliability diagram",
-              "confusion.png": "Confusion matrices (patient level)"}
-    (out / "report.html").write_text(_html(metrics, {titles[p.name]: p for p in images}))
-    written.append(out / "report.html")
-    return written

@@ -35,8 +35,13 @@ from typing import Any, Mapping
 import pandas as pd
 
 from osteo_model import evaluate as E
+from osteo_config.evaluate import EvaluateConfig
+from osteo_config.experiment import DataPaths
+from osteo_config.tracking import TrackingConfig
+from osteo_model import report
 from osteo_model.evaluate import EvaluationError
-from osteo_model.tracking import Tracker, TrackingConfig
+from osteo_model.operating_point import OperatingPoint, OperatingPointError, operating_point_path
+from osteo_model.tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -58,17 +63,13 @@ class Candidate:
 
 
 def stored_threshold(bundle: Path) -> float:
-    """The operating threshold stored in ``model.pt`` (chosen on validation data)."""
-    import torch
-
+    """The operating threshold stored beside ``model.pt`` (chosen on validation data)."""
     if not Path(bundle).is_file():
         raise EvaluationError(f"model bundle {bundle} not found: run `osteo train finetune` again")
-    state = torch.load(bundle, map_location="cpu", weights_only=False)
-    t = (state.get("threshold") or {}).get("threshold")
-    if t is None:
-        raise EvaluationError(f"{bundle} stores no operating threshold: fine-tune with `osteo train finetune`, "
-                              "which chooses it on the validation split")
-    return float(t)
+    try:
+        return OperatingPoint.load(operating_point_path(bundle)).threshold
+    except OperatingPointError as exc:
+        raise EvaluationError(f"{bundle} has no stored operating threshold ({exc})") from exc
 
 
 def read_test_predictions(path: Path) -> pd.DataFrame:
@@ -156,12 +157,15 @@ def _paired_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def run_evaluate_stage(params: Mapping[str, Any], models_dir: Path, metrics_dir: Path, report_dir: Path,
-                       champion: tuple[str, str] | None = None, tracking: bool = True) -> dict[str, Any]:
+def run_evaluate_stage(ecfg: EvaluateConfig, tcfg: TrackingConfig, data: DataPaths, models_dir: Path,
+                       metrics_dir: Path, report_dir: Path, champion: tuple[str, str] | None = None,
+                       tracking: bool = True) -> dict[str, Any]:
     """Evaluate the candidate on the test split, compare it with the champion, write and log the results.
 
     Args:
-        params: merged params.yaml (``evaluate:``, ``tracking:``; ``paths`` for the champion's test frame).
+        ecfg: the ``evaluate:`` section.
+        tcfg: the ``tracking:`` section (the champion's model URI resolves against it).
+        data: the training inputs (the champion is re-scored on the same test vertebrae).
         models_dir: the training outputs (``paths.models``).
         metrics_dir: DVC metrics folder (``paths.metrics``): ``evaluate.json`` and ``plots/``.
         report_dir: the human-readable report folder (``<paths.reports>/evaluation``).
@@ -176,16 +180,14 @@ def run_evaluate_stage(params: Mapping[str, Any], models_dir: Path, metrics_dir:
         EvaluationError: missing training outputs, no stored threshold, no test rows, or test
             vertebrae that the current data no longer has.
     """
-    from osteo_model.experiment import DataPaths, assemble_frames
+    from osteo_model.frames import assemble_frames
 
     cand = Candidate.read(models_dir)
     threshold = stored_threshold(cand.bundle)
     pred = read_test_predictions(Path(models_dir) / "predictions.parquet")
-    ecfg = E.EvaluateConfig.from_params(params)
-    tcfg = TrackingConfig.from_params(params)
     champ_pred, champ_t = None, None
     if champion is not None:
-        frames = assemble_frames(DataPaths.from_params(params))
+        frames = assemble_frames(data)
         champ_pred, champ_t = champion_predictions(pred, vertebra_table(pred, frames.test, frames.root),
                                                    champion[1], tcfg.active_uri)
     metrics = E.evaluate_predictions(pred, ecfg, threshold, champ_pred, champ_t)
@@ -195,7 +197,7 @@ def run_evaluate_stage(params: Mapping[str, Any], models_dir: Path, metrics_dir:
     metrics_dir, report_dir = Path(metrics_dir), Path(report_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     plots = _fresh(metrics_dir / "plots")
-    E.write_evaluation(metrics, pred, _fresh(report_dir), ecfg.reliability_bins, plots_dir=plots)
+    report.write_evaluation(metrics, pred, _fresh(report_dir), ecfg.reliability_bins, plots_dir=plots)
     full = report_dir / "metrics.json"
     record = {**E.headline_metrics(metrics), "n_test_vertebrae": int(len(pred)),
               "champion_version": None if champion is None else champion[0],

@@ -157,10 +157,17 @@ class MultiTaskObjective:
         self.cfg = cfg
         self.weights = LossWeights.from_config(cfg)
 
+    def extra_terms(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Loss terms added to Eq. 4 (none here; e.g. paper 002's adaptive triplet in a subclass)."""
+        return {}
+
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         out = model(batch["pool"], batch["device"])
         total, parts = unified_loss(out, batch["who_class"], batch["bmd"], batch["level"],
                                     self.weights, self.cfg.bmd_center, self.cfg.bmd_scale)
+        for name, term in self.extra_terms(out, batch).items():
+            parts[name] = term
+            total = total + term
         metrics = {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
         metrics["loss"] = float(total.detach())
         return total, metrics

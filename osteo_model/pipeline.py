@@ -1,4 +1,4 @@
-"""Entry points (thin shell): pretrain, fine-tune, load and predict, from the merged params.
+"""Entry points: pretrain, fine-tune, load and predict, from a typed :class:`~osteo_config.ExperimentSpec`.
 
 These are what the CLI (``osteo pretrain`` / ``osteo finetune``), DVC stages
 and Prefect tasks call. The caller passes per-vertebra frames that are already
@@ -11,8 +11,8 @@ Artefacts written to ``out_dir``:
 * ``encoder.pt`` (pretraining) / ``model.pt`` (fine-tuning): a bundle with the
   weights, the ``model:`` config, the ChannelNorm state and the I/O contract
   (:func:`io_contract`: modality, channels, HU window, spacing, ROI shape, feature
-  service, intended use), plus the validation threshold
-  when a validation frame is given.
+  service, intended use). A bundle is written once and never rewritten: the validation
+  operating point lives beside it (:mod:`osteo_model.operating_point`).
 """
 from __future__ import annotations
 
@@ -25,16 +25,16 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from osteo_config.params import params_hash
+from osteo_config.experiment import ExperimentSpec
 from osteo_model.backbones import build_backbone
 import torch.nn.functional as F
 
-from osteo_model.companion import (ScreeningModel, ScreeningObjective, ThresholdChoice, adaptive_triplet_loss,
-                                   batch_triplets, select_threshold)
+from osteo_model.companion import ScreeningModel, ScreeningObjective, adaptive_triplet_loss, batch_triplets
 from osteo_model.config import POOL_CHANNELS, BackboneConfig, CompanionConfig, ModelConfig, MoEConfig, TrainConfig
 from osteo_model.data import TexturePoolDataset
 from osteo_model.moe import MultiTaskModel, MultiTaskObjective, decode_outputs, unified_loss
 from osteo_model.norm import ChannelNorm
+from osteo_model.operating_point import OperatingPoint, operating_point_path
 from osteo_model.swav import SwAVModel, SwAVObjective
 from osteo_model.train import MetricsCallback, Objective, fit, resolve_device, seed_everything
 
@@ -53,18 +53,15 @@ IO_CONTRACT = {
 }
 
 
-def io_contract(params: Mapping[str, Any]) -> dict[str, Any]:
+def io_contract(geometry: Mapping[str, Any]) -> dict[str, Any]:
     """:data:`IO_CONTRACT` completed with the geometry the model was trained on (MONAI-bundle style).
 
-    Adds the ingest grid (``spacing_mm`` mm, ``roi_shape`` voxels, ``hu_window`` HU), the texture
-    discretisation (``bin_width`` HU or ``bin_count``, ``kernel_radius`` voxels) and
-    ``model.input_shape``: a caller producing pools any other way gets a different model.
+    ``geometry`` (:meth:`osteo_config.Config.io_geometry`) holds the ingest grid (``spacing_mm`` mm,
+    ``roi_shape`` voxels, ``hu_window`` HU), the texture discretisation (``bin_width`` HU or
+    ``bin_count``, ``kernel_radius`` voxels) and ``model_input_shape``: a caller producing pools any
+    other way gets a different model.
     """
-    ing, tex = params.get("ingest") or {}, params.get("texture") or {}
-    return {**IO_CONTRACT, "hu_window": ing.get("hu_window"), "spacing_mm": ing.get("spacing_mm"),
-            "roi_shape": ing.get("roi_shape"),
-            "texture": {k: tex.get(k) for k in ("bin_width", "bin_count", "kernel_radius", "fill_value")},
-            "model_input_shape": (params.get("model") or {}).get("input_shape")}
+    return {**IO_CONTRACT, **{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in geometry.items()}}
 
 
 @dataclass(frozen=True)
@@ -72,11 +69,10 @@ class StageResult:
     bundle: Path
     steps: int
     last_metrics: dict[str, float]
-    threshold: ThresholdChoice | None = None
 
 
-def _digest(params: Mapping[str, Any], tag: str) -> str:
-    return f"{tag}:{params_hash(params, ('model', 'train'))}"
+def _digest(spec: ExperimentSpec, tag: str) -> str:
+    return f"{tag}:{spec.model_digest}"
 
 
 def _dataset(frame: pd.DataFrame, root: Path, norm: ChannelNorm, mcfg: ModelConfig, cache: bool = True) -> TexturePoolDataset:
@@ -85,19 +81,19 @@ def _dataset(frame: pd.DataFrame, root: Path, norm: ChannelNorm, mcfg: ModelConf
                               input_shape=mcfg.input_shape, cache=cache)
 
 
-def run_pretrain(params: Mapping[str, Any], frame: pd.DataFrame, interim_dir: Path, out_dir: Path,
+def run_pretrain(spec: ExperimentSpec, frame: pd.DataFrame, interim_dir: Path, out_dir: Path,
                  method: str = "tp_swav", log_metrics: MetricsCallback | None = None, resume: bool = True) -> StageResult:
     """Self-supervised pretraining (``tp_swav`` or the ``swav`` baseline) on the training split's vertebrae.
 
     The ChannelNorm is fitted here, on ``frame`` (training split only), and travels in the bundle.
     """
-    mcfg, tcfg = ModelConfig.from_params(params), TrainConfig.from_params(params, "pretrain")
+    mcfg, tcfg = spec.model, spec.pretrain
     norm = ChannelNorm.fit(TexturePoolDataset(frame, interim_dir).iter_raw_pools())
     dataset = _dataset(frame, interim_dir, norm, mcfg)
     seed_everything(tcfg.seed)
     model = SwAVModel(build_backbone(mcfg.backbone), mcfg.swav)
     res = fit(model, SwAVObjective(mcfg.swav, method, tcfg.seed), dataset, tcfg, Path(out_dir),
-              params_digest=_digest(params, method), extra_state={"norm": norm.state_dict(), "method": method},
+              params_digest=_digest(spec, method), extra_state={"norm": norm.state_dict(), "method": method},
               log_metrics=log_metrics, resume=resume)
     bundle = Path(out_dir) / "encoder.pt"
     torch.save({"encoder": res.model.encoder.state_dict(), "norm": norm.state_dict(), "method": method,
@@ -105,18 +101,17 @@ def run_pretrain(params: Mapping[str, Any], frame: pd.DataFrame, interim_dir: Pa
     return StageResult(bundle, res.steps, res.last_metrics)
 
 
-def run_finetune(params: Mapping[str, Any], train_frame: pd.DataFrame, interim_dir: Path, out_dir: Path,
-                 init_encoder: Path | None = None, valid_frame: pd.DataFrame | None = None,
-                 log_metrics: MetricsCallback | None = None, resume: bool = True,
+def run_finetune(spec: ExperimentSpec, train_frame: pd.DataFrame, interim_dir: Path, out_dir: Path,
+                 init_encoder: Path | None = None, log_metrics: MetricsCallback | None = None, resume: bool = True,
                  objective: Objective | None = None) -> StageResult:
     """MoE multi-task fine-tuning (Eq. 4) on labeled training vertebrae, from scratch or a pretrained encoder.
 
     With ``init_encoder`` the pretraining bundle's ChannelNorm is reused (the encoder was trained on it);
-    otherwise it is fitted on ``train_frame``. With ``valid_frame`` the operating threshold (best
-    specificity at sensitivity >= ``model.companion.min_sensitivity``) is chosen and stored.
-    ``objective`` replaces the Eq. 4 loss (e.g. Eq. 4 + the adaptive triplet term of paper 002).
+    otherwise it is fitted on ``train_frame``. ``objective`` replaces the Eq. 4 loss (e.g. Eq. 4 + the
+    adaptive triplet term of paper 002). The operating point is chosen by the caller on validation data
+    (:func:`osteo_model.operating_point.choose_operating_point`) and stored beside ``model.pt``.
     """
-    mcfg, tcfg = ModelConfig.from_params(params), TrainConfig.from_params(params, "finetune")
+    mcfg, tcfg = spec.model, spec.finetune
     init = torch.load(init_encoder, map_location="cpu", weights_only=False) if init_encoder else None
     norm = (ChannelNorm.from_state_dict(init["norm"]) if init
             else ChannelNorm.fit(TexturePoolDataset(train_frame, interim_dir).iter_raw_pools()))
@@ -126,18 +121,12 @@ def run_finetune(params: Mapping[str, Any], train_frame: pd.DataFrame, interim_d
     if init:
         model.encoder.load_state_dict(init["encoder"])       # raises on an architecture mismatch
     tag = f"finetune:{init['method'] if init else 'scratch'}"
-    res = fit(model, objective or MultiTaskObjective(mcfg.moe), dataset, tcfg, Path(out_dir), params_digest=_digest(params, tag),
+    res = fit(model, objective or MultiTaskObjective(mcfg.moe), dataset, tcfg, Path(out_dir), params_digest=_digest(spec, tag),
               extra_state={"norm": norm.state_dict(), "init": tag}, log_metrics=log_metrics, resume=resume)
-    threshold = None
-    if valid_frame is not None and len(valid_frame):
-        pred = predict_frame(res.model, norm, valid_frame, interim_dir, mcfg.moe, input_shape=mcfg.input_shape)
-        labels = (valid_frame["who_class"].to_numpy() == 2).astype(int)
-        threshold = select_threshold(pred["score"].to_numpy(), labels, mcfg.companion.min_sensitivity)
     bundle = Path(out_dir) / "model.pt"
     torch.save({"state_dict": res.model.state_dict(), "norm": norm.state_dict(), "model_config": mcfg.to_dict(),
-                "init": tag, "io": io_contract(params), "threshold": None if threshold is None else threshold.__dict__,
-                "steps": res.steps}, bundle)
-    return StageResult(bundle, res.steps, res.last_metrics, threshold)
+                "init": tag, "io": io_contract(spec.geometry), "steps": res.steps}, bundle)
+    return StageResult(bundle, res.steps, res.last_metrics)
 
 
 class TripletMultiTaskObjective(MultiTaskObjective):
@@ -151,28 +140,21 @@ class TripletMultiTaskObjective(MultiTaskObjective):
         super().__init__(cfg)
         self.companion = companion
 
-    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        out = model(batch["pool"], batch["device"])
-        total, parts = unified_loss(out, batch["who_class"], batch["bmd"], batch["level"],
-                                    self.weights, self.cfg.bmd_center, self.cfg.bmd_scale)
+    def extra_terms(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         a, pos, neg = batch_triplets(batch["bmd"])
         emb = F.normalize(out["embedding"].float(), dim=1)                    # (B, E), distances in [0, 2]
-        parts["triplet"] = adaptive_triplet_loss(emb[a], emb[pos], emb[neg], batch["bmd"][a], batch["bmd"][neg],
-                                                 self.companion.triplet_margin, self.companion.triplet_margin_per_bmd)
-        total = total + parts["triplet"]
-        metrics = {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
-        metrics["loss"] = float(total.detach())
-        return total, metrics
+        return {"triplet": adaptive_triplet_loss(emb[a], emb[pos], emb[neg], batch["bmd"][a], batch["bmd"][neg],
+                                                 self.companion.triplet_margin, self.companion.triplet_margin_per_bmd)}
 
 
-def run_screening(params: Mapping[str, Any], train_frame: pd.DataFrame, interim_dir: Path, out_dir: Path,
+def run_screening(spec: ExperimentSpec, train_frame: pd.DataFrame, interim_dir: Path, out_dir: Path,
                   init_encoder: Path | None = None, log_metrics: MetricsCallback | None = None,
                   resume: bool = True) -> StageResult:
     """Paper 003: screening / severity / T-score heads on the encoder (``fit`` with ScreeningObjective).
 
     Writes ``screening.pt`` (weights, norm, config); the threshold is chosen by the caller on validation data.
     """
-    mcfg, tcfg = ModelConfig.from_params(params), TrainConfig.from_params(params, "finetune")
+    mcfg, tcfg = spec.model, spec.finetune
     init = torch.load(init_encoder, map_location="cpu", weights_only=False) if init_encoder else None
     norm = (ChannelNorm.from_state_dict(init["norm"]) if init
             else ChannelNorm.fit(TexturePoolDataset(train_frame, interim_dir).iter_raw_pools()))
@@ -182,11 +164,11 @@ def run_screening(params: Mapping[str, Any], train_frame: pd.DataFrame, interim_
         model.encoder.load_state_dict(init["encoder"])
     tag = f"screening:{init['method'] if init else 'scratch'}"
     res = fit(model, ScreeningObjective(mcfg.companion.tscore_weight), _dataset(train_frame, interim_dir, norm, mcfg),
-              tcfg, Path(out_dir), params_digest=_digest(params, tag), extra_state={"norm": norm.state_dict()},
+              tcfg, Path(out_dir), params_digest=_digest(spec, tag), extra_state={"norm": norm.state_dict()},
               log_metrics=log_metrics, resume=resume)
     bundle = Path(out_dir) / "screening.pt"
     torch.save({"state_dict": res.model.state_dict(), "norm": norm.state_dict(), "model_config": mcfg.to_dict(),
-                "init": tag, "kind": "screening", "threshold": None, "steps": res.steps}, bundle)
+                "init": tag, "kind": "screening", "io": io_contract(spec.geometry), "steps": res.steps}, bundle)
     return StageResult(bundle, res.steps, res.last_metrics)
 
 
@@ -211,9 +193,17 @@ def predict_screening(bundle: Path, frame: pd.DataFrame, interim_dir: Path, batc
     return pd.DataFrame({"score": np.concatenate(score), "tscore_pred": np.concatenate(tscore)}, index=frame.index)
 
 
-def load_model(bundle: Path) -> tuple[MultiTaskModel, ChannelNorm, ModelConfig, dict[str, Any]]:
-    """Rebuild a fine-tuned model from ``model.pt``; returns (model in eval mode, norm, config, bundle dict)."""
+def load_model(bundle: Path, operating_point: Path | None = None
+               ) -> tuple[MultiTaskModel, ChannelNorm, ModelConfig, dict[str, Any]]:
+    """Rebuild a fine-tuned model from ``model.pt``; returns (model in eval mode, norm, config, bundle dict).
+
+    The bundle dict carries ``threshold`` / ``calibration`` from the operating point stored beside the
+    bundle (or at ``operating_point``); both are None while none has been chosen yet.
+    """
     state = torch.load(bundle, map_location="cpu", weights_only=False)
+    op_path = Path(operating_point) if operating_point else operating_point_path(bundle)
+    op = OperatingPoint.load(op_path).to_dict() if op_path.is_file() else {"threshold": None, "calibration": None}
+    state.update(op)
     cfg_dict = state["model_config"]
     mcfg = ModelConfig(backbone=BackboneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict["backbone"].items()}),
                        moe=MoEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict["moe"].items()}),

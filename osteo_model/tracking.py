@@ -42,71 +42,15 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from osteo_config.params import DEFAULT_TRACKING_URI, params_hash, resolve_tracking_uri
+from osteo_config.root import flatten  # noqa: F401  (re-exported: MLflow params are flattened sections)
+from osteo_config.tracking import TrackingConfig
 
 PARAM_SECTIONS = ("model", "train", "texture")
 INGEST_KEYS = ("spacing_mm", "roi_shape")
 TAG_KEYS = ("method", "backbone", "pretrain", "moe", "loss", "profile", "data_version")
 
 
-@dataclass(frozen=True)
-class TrackingConfig:
-    """The ``tracking:`` section of params.yaml (keys commented there).
-
-    ``profile`` picks the database: ``local`` -> ``uri``, ``production`` -> ``production_uri``;
-    :attr:`active_uri` is what every run is logged to (:func:`osteo_config.params.resolve_tracking_uri`,
-    the same resolver the registry uses).
-    """
-
-    profile: str = "local"
-    uri: str = DEFAULT_TRACKING_URI
-    production_uri: str | None = None
-    artifact_location: str = "mlartifacts"
-    experiment: str = "osteo-training"
-    log_system_metrics: bool = True
-    system_metrics_interval_s: float = 10.0
-    log_model: bool = True
-
-    def __post_init__(self) -> None:
-        resolve_tracking_uri(self._uris())                 # a bad profile fails here, with what to fix
-
-    def _uris(self) -> dict[str, Any]:
-        return {"profile": self.profile, "uri": self.uri, "production_uri": self.production_uri}
-
-    @property
-    def active_uri(self) -> str:
-        """The tracking + registry URI of the active profile."""
-        return resolve_tracking_uri(self._uris())
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "TrackingConfig":
-        sec = dict(params.get("tracking") or {})
-        unknown = set(sec) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"tracking: unknown keys {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}")
-        return cls(**sec)
-
-
 # --------------------------------------------------------------------------- versions (pure-ish helpers)
-
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested mapping -> ``{"a.b.c": "value"}`` with lists rendered as JSON."""
-    out: dict[str, str] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
-    return out
-
-
-def tracked_params(params: Mapping[str, Any]) -> dict[str, str]:
-    """The params that define a training run, flattened (model, train, texture, ingest grid, profile)."""
-    picked: dict[str, Any] = {k: params.get(k) or {} for k in PARAM_SECTIONS}
-    picked["ingest"] = {k: (params.get("ingest") or {}).get(k) for k in INGEST_KEYS}
-    return {"profile": str(params.get("profile", "demo")), **flatten(picked)}
-
 
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -116,18 +60,18 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def data_version(params: Mapping[str, Any], training_table: Path, splits_table: Path,
+def data_version(texture_digest: str, training_table: Path, splits_table: Path,
                  dvc_lock: Path = Path("dvc.lock")) -> dict[str, str]:
     """Hashes that pin the data a model saw; ``data_version`` (16 hex) combines them.
 
     Args:
-        params: merged params (the ``texture:`` section is hashed).
+        texture_digest: hash of the ``texture:`` section (:attr:`osteo_config.ExperimentSpec.texture_digest`).
         training_table: the training-table parquet (its bytes are hashed).
         splits_table: the split parquet; its ``<stem>.sha256.json`` sidecar holds the split hash.
         dvc_lock: ``dvc.lock``; the md5 of the texture stage's output is used when present.
     """
     out = {"training_table_sha256": file_sha256(training_table) if Path(training_table).is_file() else "missing",
-           "texture_params_hash": params_hash(params, ("texture",))}
+           "texture_params_hash": texture_digest}
     sidecar = Path(splits_table).with_suffix(".sha256.json")
     out["splits_sha256"] = json.loads(sidecar.read_text()).get("sha256", "missing") if sidecar.is_file() else "missing"
     out["dvc_texture_md5"] = _dvc_texture_md5(Path(dvc_lock))
@@ -159,75 +103,6 @@ def code_version(repo: Path = Path(".")) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- figures
 
-def _figure(n_panels: int, width: float = 3.2, height: float = 3.0, rows: int = 1):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    cols = max(1, -(-n_panels // rows))
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
-    return fig, axes.ravel()
-
-
-def loss_curves_figure(history: Mapping[str, Sequence[tuple[int, Mapping[str, float]]]]):
-    """One panel per stage: every ``loss*`` metric against the optimizer step."""
-    fig, axes = _figure(max(1, len(history)), 4.0)
-    for ax, (stage, rows) in zip(axes, history.items()):
-        keys = sorted({k for _, m in rows for k in m if k.startswith("loss")})
-        for k in keys:
-            steps = [s for s, m in rows if k in m]
-            ax.plot(steps, [m[k] for s, m in rows if k in m], label=k, lw=1)
-        ax.set(title=stage, xlabel="step", ylabel="loss")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    return fig
-
-
-def confusion_figure(pred: pd.DataFrame, threshold: float, title: str):
-    """Vertebra-level confusion matrix per site at ``threshold`` (positive = osteoporosis)."""
-    from osteo_model import metrics as M
-    sites = sorted(pred["site"].astype(str).unique())
-    fig, axes = _figure(len(sites), 2.8, 2.8)
-    for ax, site in zip(axes, sites):
-        part = pred[pred["site"].astype(str) == site]
-        c = M.confusion(part["y_true"].to_numpy(), part["score"].to_numpy() >= threshold)
-        mat = np.array([[c.tn, c.fp], [c.fn, c.tp]])
-        ax.imshow(mat, cmap="Blues")
-        for (i, j), v in np.ndenumerate(mat):
-            ax.text(j, i, str(v), ha="center", va="center")
-        ax.set(title=f"{title} site {site}", xticks=[0, 1], yticks=[0, 1], xlabel="predicted", ylabel="actual")
-    return fig
-
-
-def roc_figure(pred: pd.DataFrame, title: str):
-    """Vertebra-level ROC curve per site (sites with one class are skipped)."""
-    from osteo_model import metrics as M
-    fig, axes = _figure(1, 4.0, 4.0)
-    ax = axes[0]
-    for site in sorted(pred["site"].astype(str).unique()):
-        part = pred[pred["site"].astype(str) == site]
-        if part["y_true"].nunique() < 2:
-            continue
-        roc = M.roc_points(part["y_true"].to_numpy(), part["score"].to_numpy())
-        ax.plot(roc["fpr"], roc["tpr"], label=f"site {site} AUROC {M.auroc(part['y_true'], part['score']):.2f}")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(title=title, xlabel="1 - specificity", ylabel="sensitivity")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    return fig
-
-
-def pool_montage_figure(pools: Sequence[np.ndarray], channels: Sequence[str]):
-    """Central axial slice of every pool member for a few vertebrae (titles carry no identifiers)."""
-    fig, axes = _figure(len(pools) * len(channels), 1.8, 1.8, rows=len(pools))
-    for r, pool in enumerate(pools):
-        z = pool.shape[-1] // 2
-        for c, name in enumerate(channels):
-            ax = axes[r * len(channels) + c]
-            ax.imshow(np.nan_to_num(pool[c, :, :, z]).T, cmap="gray", origin="lower")
-            ax.set_title(f"vertebra {r + 1}: {name}", fontsize=6)
-            ax.axis("off")
-    return fig
-
 
 # --------------------------------------------------------------------------- the tracker
 
@@ -255,7 +130,7 @@ class Tracker:
         return mlflow.create_experiment(self.cfg.experiment, artifact_location=location)
 
     @contextlib.contextmanager
-    def parent(self, run_name: str, tags: Mapping[str, str], params: Mapping[str, str],
+    def parent(self, run_name: str, tags: Mapping[str, str], run_params: Mapping[str, str],
                run_id: str | None = None) -> Iterator[str | None]:
         """The pipeline's parent run (system metrics on); yields its run id (None when disabled).
 
@@ -282,7 +157,7 @@ class Tracker:
         with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=dict(tags), nested=nested,
                               log_system_metrics=system) as run:
             self.parent_run_id = run.info.run_id
-            self.log_params(params)
+            self.log_params(run_params)
             yield run.info.run_id
 
     @contextlib.contextmanager
@@ -297,10 +172,10 @@ class Tracker:
         with mlflow.start_run(experiment_id=self.experiment_id, run_name=name, nested=True, tags={**inherited, "stage": name, **(tags or {})}) as run:
             yield run.info.run_id
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        if self.enabled and params:
+    def log_params(self, run_params: Mapping[str, Any]) -> None:
+        if self.enabled and run_params:
             import mlflow
-            mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+            mlflow.log_params({k: str(v)[:6000] for k, v in run_params.items()})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.enabled and tags:
@@ -337,15 +212,19 @@ class Tracker:
             mlflow.log_artifact(str(path), artifact_path)
 
     def log_pyfunc(self, bundle: Path, name: str = "model") -> str | None:
-        """Log ``model.pt`` as an MLflow pyfunc (signature, synthetic input example, I/O contract as
-        model metadata ``io_contract``); returns the model URI."""
+        """Log ``model.pt`` and its operating point as an MLflow pyfunc (signature, synthetic input example,
+        I/O contract as model metadata ``io_contract``); returns the model URI."""
         if not (self.enabled and self.cfg.log_model):
             return None
         import mlflow
+
+        from osteo_model.operating_point import operating_point_path
+        from osteo_model.serving import ScreeningPyfunc, pyfunc_requirements, pyfunc_signature
         signature, example, contract = pyfunc_signature(bundle)
-        info = mlflow.pyfunc.log_model(name=name, python_model=ScreeningPyfunc(), artifacts={"bundle": str(bundle)},
+        artifacts = {"bundle": str(bundle), "operating_point": str(operating_point_path(bundle))}
+        info = mlflow.pyfunc.log_model(name=name, python_model=ScreeningPyfunc(), artifacts=artifacts,
                                        signature=signature, input_example=(example, {"device_vendor": "Hologic"}),
-                                       pip_requirements=_requirements(), metadata={"io_contract": contract})
+                                       pip_requirements=pyfunc_requirements(), metadata={"io_contract": contract})
         return info.model_uri
 
     def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
@@ -363,120 +242,6 @@ def _has_psutil() -> bool:
     return True
 
 
-def _requirements() -> list[str]:
-    """Pinned runtime requirements of the pyfunc (explicit: MLflow's inference would import-trace in a subprocess)."""
-    import mlflow
-    import torch
-    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-            f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
-
-
 # --------------------------------------------------------------------------- pyfunc model
 
-PYFUNC_INPUTS = {
-    "tensor": "float32 (B, 5, X, Y, Z) texture pools in raw units; param device_vendor (default Hologic)",
-    "table": "DataFrame, one row per vertebra: pool_uri (absolute path or file:// URI of the pool .npy), "
-             "optional device_vendor (per row; missing -> the device_vendor param); other columns are ignored",
-}
 
-
-def model_contract(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The I/O contract logged with the model: the bundle's ``io`` + operating point + accepted inputs."""
-    op = dict(state.get("threshold") or {})
-    return {**dict(state.get("io") or {}), "threshold": op.get("threshold"), "operating_point": op,
-            "threshold_source": "validation split (never tuned on test data)", "pyfunc_inputs": PYFUNC_INPUTS}
-
-
-def pyfunc_signature(bundle: Path):
-    """Output schema + ``device_vendor`` param, a synthetic tensor input example and the I/O contract.
-
-    The input schema is left unset on purpose: an MLflow signature is either tensor- or
-    column-based and enforcing one rejects the other, while the model accepts both a
-    (B, 5, X, Y, Z) tensor and a vertebra table with ``pool_uri``; ``predict`` checks its
-    input itself and the accepted forms are documented in the contract (``pyfunc_inputs``).
-    """
-    import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-    state = torch.load(bundle, map_location="cpu", weights_only=False)
-    mean = np.asarray(state["norm"]["mean"], dtype=np.float32)                     # (5,)
-    grid = tuple(state["model_config"].get("input_shape") or (16, 16, 16))
-    example = np.broadcast_to(mean[None, :, None, None, None], (1, len(mean), *grid)).copy()  # (1, 5, X, Y, Z)
-    signature = ModelSignature(
-        inputs=None,
-        outputs=Schema([ColSpec("double", "score"), ColSpec("double", "bmd_g_cm2"), ColSpec("long", "level"),
-                        ColSpec("long", "screen_positive")]),
-        params=ParamSchema([ParamSpec("device_vendor", "string", "Hologic")]))
-    return signature, example, model_contract(state)
-
-
-def pool_file(uri: Any) -> Path:
-    """An absolute pool path from a ``pool_uri`` value (plain absolute path or ``file://`` URI)."""
-    from urllib.parse import unquote, urlparse
-    text = str(uri)
-    path = Path(unquote(urlparse(text).path)) if text.startswith("file://") else Path(text)
-    if not path.is_absolute():
-        raise ValueError(f"pool_uri {text!r} is not absolute: pass the absolute path (or file:// URI) of the "
-                         "texture-pool .npy, e.g. <paths.interim>/texture/<pool_path>")
-    return path
-
-
-try:  # the pyfunc base class only exists with mlflow installed; importing it has no side effects
-    from mlflow.pyfunc import PythonModel as _PythonModel
-except ImportError:  # pragma: no cover - mlflow is a pinned dependency
-    _PythonModel = object
-
-
-class ScreeningPyfunc(_PythonModel):
-    """MLflow pyfunc around ``model.pt``: texture pools (a tensor, or a vertebra table with ``pool_uri``)
-    in, one row per vertebra out: ``score``, ``bmd_g_cm2``, ``level``, ``screen_positive``."""
-
-    def load_context(self, context: Any) -> None:
-        from osteo_model.pipeline import load_model
-        self.model, self.norm, self.mcfg, state = load_model(Path(context.artifacts["bundle"]))
-        self.threshold = float((state.get("threshold") or {}).get("threshold", 0.5))
-        from osteo_model.companion import PlattCalibration
-        cal = state.get("calibration")
-        self.calibration = PlattCalibration(**cal) if cal else None                # fitted on validation
-
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would enforce its own
-        vendor = (params or {}).get("device_vendor", "Hologic")
-        if isinstance(model_input, pd.DataFrame):
-            return self._predict_table(model_input, vendor)
-        return self._predict_tensor(model_input, vendor)
-
-    def _output(self, score: np.ndarray, bmd: np.ndarray, level: np.ndarray, index: Any = None) -> pd.DataFrame:
-        score = np.asarray(score, dtype=np.float64)
-        if getattr(self, "calibration", None) is not None:
-            score = self.calibration.apply(score)                                      # the stored threshold's scale
-        return pd.DataFrame({"score": score, "bmd_g_cm2": np.asarray(bmd, dtype=np.float64),
-                             "level": np.asarray(level, dtype=np.int64),
-                             "screen_positive": (score >= self.threshold).astype(np.int64)}, index=index)
-
-    def _predict_tensor(self, model_input: Any, vendor: str) -> pd.DataFrame:
-        import torch
-        from osteo_model.data import resample_pool
-        from osteo_model.moe import decode_outputs
-        pools = np.asarray(model_input, dtype=np.float32)                              # (B, 5, X, Y, Z)
-        if pools.ndim != 5:
-            raise ValueError(f"expected pools of shape (B, 5, X, Y, Z), got {pools.shape}")
-        x = np.stack([resample_pool(self.norm.transform(p), self.mcfg.input_shape) for p in pools])
-        device = torch.full((len(x),), self.mcfg.moe.device_index(vendor), dtype=torch.long)
-        with torch.no_grad():
-            dec = decode_outputs(self.model(torch.from_numpy(x), device), self.mcfg.moe)
-        return self._output(dec["score"].numpy(), dec["bmd_g_cm2"].numpy(), dec["level"].numpy())
-
-    def _predict_table(self, table: pd.DataFrame, vendor: str) -> pd.DataFrame:
-        """Same preprocessing as training (:func:`osteo_model.pipeline.predict_frame`); the output keeps
-        the input's index and carries no column of the input (no identifiers travel through)."""
-        from osteo_model.pipeline import predict_frame
-        if "pool_uri" not in table.columns:
-            raise ValueError("a DataFrame input needs a 'pool_uri' column (absolute path of each vertebra's "
-                             f"texture-pool .npy) and optionally 'device_vendor'; got columns {list(table.columns)}")
-        vendors = table["device_vendor"] if "device_vendor" in table.columns else pd.Series(None, index=table.index)
-        frame = pd.DataFrame({"pool_path": [str(pool_file(u)) for u in table["pool_uri"]],
-                              "device_vendor": vendors.where(vendors.notna(), vendor).to_numpy()})
-        pred = predict_frame(self.model, self.norm, frame, Path("/"), self.mcfg.moe,
-                             input_shape=self.mcfg.input_shape)                        # absolute paths: root unused
-        return self._output(pred["score"].to_numpy(), pred["bmd_pred"].to_numpy(), pred["level_pred"].to_numpy(),
-                            index=table.index)

@@ -1,13 +1,11 @@
 """Typed errors of the registry package: each message says what to do next."""
 from __future__ import annotations
 
+from osteo_config.registry import RegistryConfigError  # noqa: F401  (raised by the config package)
+
 
 class RegistryError(Exception):
     """Base class of every error raised by :mod:`registry`."""
-
-
-class RegistryConfigError(RegistryError, ValueError):
-    """A ``registry:`` value in params.yaml (or a tracking URI) is invalid."""
 
 
 class CandidateTagsError(RegistryError, ValueError):

@@ -34,12 +34,11 @@ def test_every_profile_builds_a_config(profile):
     assert ChecksConfig.from_params(load_params(REPO / "params.yaml", profile)).sites
 
 
-def test_scanners_fall_back_to_cohort_sites(params):
+def test_scanner_allow_list_is_its_own_key_never_the_simulators_sites(params):
     p = copy.deepcopy(params)
     p["checks"]["scanners"] = []
-    p["cohort"]["sites"] = {"A": {"scanners": ["A-CT1", "A-CT2"]}, "B": {"scanners": [{"id": "B-CT1"}]},
-                            "C": {"scanners": {"C-CT1": 0.7, "A-CT1": 0.3}}}  # list, list of mappings, id -> weight
-    assert ChecksConfig.from_params(p).scanners == ("A-CT1", "A-CT2", "B-CT1", "C-CT1")
+    p["cohort"]["sites"] = {"A": {"scanners": ["A-CT1", "A-CT2"]}, "B": {"scanners": [{"id": "B-CT1"}]}}
+    assert ChecksConfig.from_params(p).scanners == ()                 # empty = unchecked, not cohort.sites
     p["checks"]["scanners"] = ["X"]
     assert ChecksConfig.from_params(p).scanners == ("X",)
 

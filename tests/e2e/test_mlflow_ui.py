@@ -16,6 +16,7 @@ import pytest
 from tools.browser import (PNG_MAGIC, chromium, metric_row, missing_browser, mlflow_ui, open_comparison,
                            open_runs_table)
 from tools.mlflow_screenshot import Compared, latest_evaluated, take
+from osteo_config import Config
 
 _MISSING = missing_browser()
 pytestmark = [
@@ -40,7 +41,7 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow_ui")
     params = _fixture.write_inputs(root)
     for method in METHODS:
-        run_training(params, method, tracking=True, out_dir=root / "out" / method)
+        run_training(Config.from_params(params).experiment(), method, tracking=True, out_dir=root / "out" / method)
     return params["tracking"]["uri"], params["tracking"]["experiment"], root
 
 

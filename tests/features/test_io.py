@@ -10,13 +10,14 @@ from features.errors import (GantryTiltError, HUOutOfRangeError, MisalignedMaskE
 from features.io.dicom import read_dicom_series
 from features.io.masks import read_mask
 from features.io.volume import read_nifti, to_ras
+from features.ingest import roi_spec, study_checks
 from features.study import StudyTask, process_study
 
 
 def _run(tmp_path, synth, ct, mask, ct_format="nifti", mask_format="totalseg"):
     cfg = synth.config()
-    return process_study(StudyTask("sid", str(ct), ct_format, str(mask), mask_format), cfg.roi_spec(),
-                         cfg.study_checks(), str(tmp_path / "out"))
+    return process_study(StudyTask("sid", str(ct), ct_format, str(mask), mask_format), roi_spec(cfg),
+                         study_checks(cfg), str(tmp_path / "out"))
 
 
 @pytest.fixture

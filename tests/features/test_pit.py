@@ -176,7 +176,7 @@ def contract_tables(ct: pd.DataFrame, dxa: pd.DataFrame) -> tuple[pd.DataFrame, 
 
 def test_feast_training_set_matches_reference(tmp_path):
     from features import store
-    from features.feature_repo.synthetic import write_fixture
+    from osteo_testing.feature_fixtures import write_fixture
 
     e_ct, e_dxa, _ = edge_cases()
     r_ct, r_dxa = random_cases(120, seed=7)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from features.radiomics_scalar import ScalarRadiomicsError, scalar_features
-from features.texture_reference import synthetic_vertebra
+from osteo_testing.texture_reference import synthetic_vertebra
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,14 @@ from scipy import ndimage
 from features.errors import VertebraTooSmallError
 from features.io.volume import Volume, read_nifti, to_ras
 from features.roi import body_mask, ellipsoid, extract_rois, largest_component
+from features.ingest import roi_spec, study_checks
 from features.study import StudyTask, process_study
 
 
 def _run(tmp_path, synth, ct_path, mask_path, mask_format="totalseg", ct_format="nifti", cfg=None):
     cfg = cfg or synth.config()
     task = StudyTask("s0", str(ct_path), ct_format, str(mask_path), mask_format)
-    return process_study(task, cfg.roi_spec(), cfg.study_checks(), str(tmp_path / "out"))
+    return process_study(task, roi_spec(cfg), study_checks(cfg), str(tmp_path / "out"))
 
 
 def _load(tmp_path, res):
@@ -116,7 +117,7 @@ def test_roi_outside_field_of_view_is_padded(synth):
     zmax = int((top_z.min() + top_z.max()) // 2 + cut)
     hu, lab = hu[:, :, :zmax], lab[:, :, :zmax]
     cfg = synth.config()
-    res = extract_rois(Volume(hu.astype(np.float32), aff), Volume(lab, aff), cfg.roi_spec(), "s", [12, 13])
+    res = extract_rois(Volume(hu.astype(np.float32), aff), Volume(lab, aff), roi_spec(cfg), "s", [12, 13])
     roi = res[0]
     assert not isinstance(roi, VertebraTooSmallError)
     lo = cfg.hu_window[0]
@@ -130,7 +131,7 @@ def test_tiny_label_is_too_small(synth, phantom):
     lab = lab.copy()
     lab[lab == 12] = 0
     lab[20:23, 30:33, 50:53] = 12               # a 27-voxel speck labelled T12
-    res = extract_rois(Volume(hu.astype(np.float32), aff), Volume(lab, aff), synth.config().roi_spec(), "s",
+    res = extract_rois(Volume(hu.astype(np.float32), aff), Volume(lab, aff), roi_spec(synth.config()), "s",
                        [12, 13, 14])
     assert type(res[0]) is VertebraTooSmallError and res[0].item == "s:12"
     assert not isinstance(res[1], VertebraTooSmallError)
@@ -140,7 +141,7 @@ def test_trabecular_stats_exclude_cortex(synth, phantom):
     # purpose: the eroded core reads the trabecular HU (150 + 20 n), not the 600 HU shell
     hu, lab, aff, _ = phantom
     cfg = synth.config(core_erosion_mm=2.0)
-    res = extract_rois(Volume(hu.astype(np.float32), aff), Volume(lab, aff), cfg.roi_spec(), "s", [12, 13, 14])
+    res = extract_rois(Volume(hu.astype(np.float32), aff), Volume(lab, aff), roi_spec(cfg), "s", [12, 13, 14])
     for n, roi in enumerate(res):
         assert abs(roi.stats["hu_p50"] - (150 + 20 * n)) < 10
         assert roi.stats["hu_p05"] <= roi.stats["hu_p50"] <= roi.stats["hu_p95"]

@@ -8,7 +8,7 @@ import yaml
 
 from features import pit, store
 from features.feature_repo import definitions as defs
-from features.feature_repo.synthetic import RADIOMICS, fixture_tables, write_fixture
+from osteo_testing.feature_fixtures import RADIOMICS, fixture_tables, write_fixture
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 
 from features import pit, store
 from features.feature_repo import definitions as defs
-from features.feature_repo.synthetic import fixture_tables, write_fixture
+from osteo_testing.feature_fixtures import fixture_tables, write_fixture
 
 pytestmark = pytest.mark.services
 

@@ -10,7 +10,7 @@ from features.texture import (
     DIRECTIONS, ShapeMismatchError, TextureInputError, TooManyGrayLevelsError, discretize, dropped_directions,
     glcm_maps, glcm_maps_batch, mask_bbox,
 )
-from features.texture_reference import synthetic_vertebra
+from osteo_testing.texture_reference import synthetic_vertebra
 
 S1 = GLCMSettings(kernel_radius=1)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from features.texture import GLCMSettings, glcm_maps
-from features.texture_reference import pyradiomics_maps, synthetic_vertebra
+from osteo_testing.texture_reference import pyradiomics_maps, synthetic_vertebra
 
 RTOL = 1e-9
 

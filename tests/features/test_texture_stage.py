@@ -9,7 +9,7 @@ import pytest
 
 from features.radiomics_scalar import scalar_features
 from features.texture import GLCMSettings, glcm_maps
-from features.texture_reference import synthetic_vertebra
+from osteo_testing.texture_reference import synthetic_vertebra
 from features.texture_stage import TextureConfig, run_texture
 
 SCALAR = {"firstorder": ("Mean", "Maximum"), "glcm": ("Contrast",)}

@@ -26,9 +26,11 @@ from osteo import steps
 from osteo.cli import EXIT_CHAIN_BROKEN, EXIT_ERROR, EXIT_REJECTED, app
 from osteo_model.evaluate import EvaluationError
 from osteo_model.evaluate_stage import stored_threshold
-from osteo_model.experiment import DataPaths, assemble_frames, run_finetune_stage, run_pretrain_stage
+from osteo_model.frames import assemble_frames
+from osteo_model.stages import run_finetune_stage, run_pretrain_stage
 from registry import audit
 from registry.errors import NoPreviousChampionError
+from osteo_config import Config
 
 pytestmark = pytest.mark.slow          # one tiny training (~15 s) + an evaluate/promote cycle per test (~5 s)
 
@@ -47,8 +49,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("candidate")
     params = _fixture.write_inputs(root)
     params["registry"]["gates"] = GATES
-    run_pretrain_stage(params, "tp_swav", root / "models")
-    run_finetune_stage(params, "tp_swav", root / "models", root / "metrics" / "train.json")
+    run_pretrain_stage(Config.from_params(params).experiment(), "tp_swav", root / "models")
+    run_finetune_stage(Config.from_params(params).experiment(), "tp_swav", root / "models", root / "metrics" / "train.json")
     return root, params
 
 
@@ -114,15 +116,15 @@ def set_test_scores(params, kind: str) -> None:
 def _cycle(params, kind: str, **promote_kw) -> tuple[dict, dict]:
     set_test_scores(params, kind)
     _foreign_globals(params)
-    evaluated = steps.evaluate(params)
+    evaluated = steps.evaluate(Config.from_params(params))
     _foreign_globals(params)
-    return evaluated, steps.promote(params, **promote_kw)
+    return evaluated, steps.promote(Config.from_params(params), **promote_kw)
 
 
 def test_evaluate_uses_the_stored_threshold_and_never_the_test_labels(ws):
     record = _record(ws)
     stored = stored_threshold(Path(record["model"]))
-    first = steps.evaluate(ws)
+    first = steps.evaluate(Config.from_params(ws))
     ev = _evaluation(ws)
     assert first["threshold"] == ev["threshold"] == pytest.approx(stored) == pytest.approx(record["threshold"])
     assert first["champion_version"] is None and "vs_champion" not in ev           # empty registry: no comparison
@@ -136,7 +138,7 @@ def test_evaluate_uses_the_stored_threshold_and_never_the_test_labels(ws):
     test = pred["split"] == "test"
     pred.loc[test, "y_true"] = 1 - pred.loc[test, "y_true"]                    # different test labels
     pred.to_parquet(path, index=False)
-    second = steps.evaluate(ws)
+    second = steps.evaluate(Config.from_params(ws))
     assert second["threshold"] == first["threshold"]                             # not re-tuned on test data
     assert _evaluation(ws)["pooled"]["n_pos"] != ev["pooled"]["n_pos"]           # ...although the labels were read
 
@@ -166,7 +168,7 @@ def test_champion_is_rescored_on_the_same_test_patients(ws, trained):
     real = pd.read_parquet(root / "models" / "predictions.parquet")              # the model's own test scores
     real.to_parquet(Path(ws["paths"]["models"]) / "predictions.parquet", index=False)
     _foreign_globals(ws)
-    out = steps.evaluate(ws)
+    out = steps.evaluate(Config.from_params(ws))
     ev = json.loads(Path(out["metrics_file"]).read_text())
     n_test = real.loc[real["split"] == "test", "patient_id"].nunique()
     assert out["champion_version"] == promoted["version"] == _evaluation(ws)["champion_version"]
@@ -182,7 +184,7 @@ def test_champion_is_rescored_on_the_same_test_patients(ws, trained):
     pred.loc[pred.index[pred["split"] == "test"][0], "vertebra_id"] = "gone:gone:13"
     pred.to_parquet(Path(ws["paths"]["models"]) / "predictions.parquet", index=False)
     with pytest.raises(EvaluationError, match="not in the current test frame"):
-        steps.evaluate(ws)
+        steps.evaluate(Config.from_params(ws))
 
 
 def test_degraded_candidate_is_refused_with_its_gate_and_champion_stays(ws):
@@ -207,7 +209,7 @@ def test_degraded_candidate_is_refused_with_its_gate_and_champion_stays(ws):
     assert "REJECTED" in res.output and "rules[0]" in res.output and f"{auroc['value']}" in res.output
     res = CliRunner().invoke(app, ["--params", str(params_file), "registry", "promote", "--no-fail-on-reject"])
     assert res.exit_code == 0 and "REJECTED" in res.output
-    assert steps.registry_status(ws)["aliases"] == {"champion": first["version"]}
+    assert steps.registry_status(Config.from_params(ws))["aliases"] == {"champion": first["version"]}
 
 
 def test_promote_better_then_rollback_round_trip(ws):
@@ -215,13 +217,13 @@ def test_promote_better_then_rollback_round_trip(ws):
     _, v2 = _cycle(ws, "better", reason="better sensitivity")
     assert v1["state"] == v2["state"] == "promoted" and v2["compared_with_champion"] == v1["version"]
     assert v2["aliases"] == {"champion": v2["version"], "previous-champion": v1["version"]}
-    back = steps.rollback(ws, "drift alarm", actor="carol")
+    back = steps.rollback(Config.from_params(ws), "drift alarm", actor="carol")
     assert back["champion"] == v1["version"] and back["rolled_back_version"] == v2["version"]
-    assert steps.registry_status(ws)["aliases"] == {"champion": v1["version"]}
+    assert steps.registry_status(Config.from_params(ws))["aliases"] == {"champion": v1["version"]}
     with pytest.raises(NoPreviousChampionError):
-        steps.rollback(ws, "again")
+        steps.rollback(Config.from_params(ws), "again")
 
-    log = steps.registry_log(ws)
+    log = steps.registry_log(Config.from_params(ws))
     assert [(e["event"], e["version"], e["actor"], e["reason"]) for e in log["events"]] == [
         ("register", v1["version"], "ci-bot", "new candidate"), ("promote", v1["version"], "ci-bot", v1["reason"]),
         ("register", v2["version"], "ci-bot", "new candidate"),
@@ -242,7 +244,7 @@ def test_champion_pyfunc_screens_a_vertebra_table(ws, trained):
     mlflow.set_tracking_uri(ws["tracking"]["uri"])                               # how a user loads the champion
     mlflow.set_registry_uri(ws["tracking"]["uri"])
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    frames = assemble_frames(DataPaths.from_params(ws))
+    frames = assemble_frames(Config.from_params(ws).paths.data_paths())
     test = frames.test.sample(frac=1.0, random_state=1)                          # any order, any index
     table = pd.DataFrame({"vertebra_id": test["vertebra_id"], "patient_id": test["patient_id"],
                           "pool_uri": [str((frames.root / p).resolve()) for p in test["pool_path"]],

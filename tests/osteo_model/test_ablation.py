@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from osteo_model.ablation import BEGIN, END, markdown_table, run_ablation, tidy_metrics, write_table
+from osteo_config import Config
+from osteo_model.ablation import ARMS, BEGIN, END, markdown_table, run_ablation, tidy_metrics, write_table
 
 _spec = importlib.util.spec_from_file_location("_fixture", Path(__file__).with_name("test_experiment.py"))
 _fixture = importlib.util.module_from_spec(_spec)
@@ -26,7 +27,9 @@ def test_write_table_replaces_only_the_marked_block(tmp_path):
 def test_baseline_arms_on_the_same_test_patients_with_one_run_each(tmp_path):
     params = _fixture.write_inputs(tmp_path)
     md = tmp_path / "results.md"
-    tidy = run_ablation(params, ["l1_hu_110", "l1_hu_160", "radiomics_lr"], md, out_dir=tmp_path / "abl")
+    base = Config.from_params(params)
+    specs = {a: base.override(ARMS[a][1]).experiment() for a in ("l1_hu_110", "l1_hu_160", "radiomics_lr")}
+    tidy = run_ablation(base.experiment(), specs, md, out_dir=tmp_path / "abl")
     n = tidy[(tidy["metric"] == "n") & (tidy["scope"] == "pooled") & (tidy["level"] == "patient")]
     assert n["value"].nunique() == 1 and len(n) == 3                            # same test patients for every arm
     sen = tidy[(tidy["metric"] == "sen") & (tidy["scope"] == "pooled") & (tidy["level"] == "vertebra")]
@@ -52,4 +55,5 @@ def test_markdown_table_shows_ci_and_marks_undefined_values():
 
 def test_unknown_arm_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown ablation arms"):
-        run_ablation({"paths": {}}, ["resnet_magic"], tmp_path / "r.md")
+        spec = Config.from_params(_fixture.write_inputs(tmp_path)).experiment()
+        run_ablation(spec, {"resnet_magic": spec}, tmp_path / "r.md")

@@ -11,7 +11,8 @@ import pytest
 
 from osteo_config.params import load_params
 from osteo_model import metrics as M
-from osteo_model.evaluate import EvaluateConfig, EvaluationError, evaluate_predictions, write_evaluation
+from osteo_model.evaluate import EvaluateConfig, EvaluationError, evaluate_predictions
+from osteo_model.report import write_evaluation
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = EvaluateConfig(n_boot=60, seed=3)

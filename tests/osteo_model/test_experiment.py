@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from osteo_config.params import load_params
-from osteo_model.experiment import (ExperimentError, DataPaths, assemble_frames, run_finetune_stage,
-                                    run_pretrain_stage, run_training)
+from osteo_model.stages import run_finetune_stage, run_pretrain_stage
+from osteo_model.experiment import ExperimentError, assemble_frames, run_training
+from osteo_config import Config
 
 SHAPE = (5, 12, 12, 8)            # (C, X, Y, Z) tiny pools
 SITES = {"A": ["train"] * 4 + ["valid"] * 3 + ["test"] * 2, "B": ["train"] * 2 + ["valid"] + ["test"] * 2,
@@ -83,7 +84,7 @@ def write_inputs(root, seed: int = 0) -> dict:
 
 def test_frames_pretrain_on_every_vertebra_of_train_patients_only(tmp_path):
     params = write_inputs(tmp_path)
-    f = assemble_frames(DataPaths.from_params(params))
+    f = assemble_frames(Config.from_params(params).paths.data_paths())
     splits = pd.read_parquet(tmp_path / "interim" / "splits" / "splits.parquet")
     train_patients = set(splits.loc[splits["split"] == "train", "patient_id"])
     assert set(f.pretrain["patient_id"]) == train_patients                     # no valid/test patient leaks in
@@ -98,20 +99,20 @@ def test_frames_pretrain_on_every_vertebra_of_train_patients_only(tmp_path):
 def test_missing_inputs_and_unknown_method_raise_typed_errors(tmp_path):
     params = write_inputs(tmp_path)
     with pytest.raises(ExperimentError, match="unknown method"):
-        run_training(params, "resnet_magic", tracking=False, out_dir=tmp_path / "m")
+        run_training(Config.from_params(params).experiment(), "resnet_magic", tracking=False, out_dir=tmp_path / "m")
     (tmp_path / "processed" / "training_table.parquet").unlink()
     with pytest.raises(ExperimentError, match="training-table"):
-        run_training(params, "l1_hu", tracking=False, out_dir=tmp_path / "m")
+        run_training(Config.from_params(params).experiment(), "l1_hu", tracking=False, out_dir=tmp_path / "m")
 
 
 def test_l1_hu_rule_keeps_its_fixed_cut_and_writes_private_predictions(tmp_path):
     params = write_inputs(tmp_path)
     params["model"]["baselines"]["l1_hu_thresholds"] = [150]
-    res = run_training(params, "l1_hu", tracking=False, out_dir=tmp_path / "m")
+    res = run_training(Config.from_params(params).experiment(), "l1_hu", tracking=False, out_dir=tmp_path / "m")
     assert res.threshold == 0.5 and res.threshold_choice is None             # the rule is never tuned on valid
     pred = pd.read_parquet(tmp_path / "m" / "predictions.parquet")
     test = pred[pred["split"] == "test"]
-    f = assemble_frames(DataPaths.from_params(params))
+    f = assemble_frames(Config.from_params(params).paths.data_paths())
     expected = (f.test["l1_hu"] <= 150).to_numpy()
     np.testing.assert_array_equal(test["score"].to_numpy() >= 0.5, expected)
     assert not [c for c in pred.columns if "path" in c or c == "study_id"]    # pseudonymous ids only, no paths
@@ -122,9 +123,9 @@ def test_l1_hu_rule_keeps_its_fixed_cut_and_writes_private_predictions(tmp_path)
 def test_stage_entry_points_chain_pretrain_into_finetune(tmp_path, monkeypatch):
     params = write_inputs(tmp_path)
     monkeypatch.chdir(tmp_path)
-    pre = run_pretrain_stage(params, tracking=False)
+    pre = run_pretrain_stage(Config.from_params(params).experiment(), tracking=False)
     assert (tmp_path / "models" / "pretrain" / "encoder.pt").is_file() and pre["run_id"] is None
-    fine = run_finetune_stage(params, tracking=False)
+    fine = run_finetune_stage(Config.from_params(params).experiment(), tracking=False)
     assert (tmp_path / "models" / "finetune" / "model.pt").is_file()
     metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert metrics["method"] == "tp_swav" and metrics["threshold"] == pytest.approx(fine["threshold"])

@@ -13,9 +13,10 @@ from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from osteo_model.companion import PlattCalibration, patient_max, select_threshold
-from osteo_model.experiment import DataPaths, assemble_frames, run_training
+from osteo_model.experiment import assemble_frames, run_training
 from osteo_model.pipeline import load_model, predict_frame
 from osteo_model.tracking import file_sha256, flatten
+from osteo_config import Config
 
 pytestmark = pytest.mark.slow          # one tiny pretrain + finetune + MLflow round trip (~15 s) shared by the module
 
@@ -29,7 +30,7 @@ def tracked(tmp_path_factory):
     root = tmp_path_factory.mktemp("tracked")
     params = _fixture.write_inputs(root)
     params["model"]["companion"].update(threshold_level="patient", calibrate=True)     # the demo/paper defaults
-    result = run_training(params, "tp_swav", tracking=True, out_dir=root / "out")
+    result = run_training(Config.from_params(params).experiment(), "tp_swav", tracking=True, out_dir=root / "out")
     client = MlflowClient(tracking_uri=params["tracking"]["uri"])
     return params, result, client, root
 
@@ -63,7 +64,7 @@ def test_parent_and_stage_runs_carry_tags_params_and_data_version(tracked):
 def test_per_step_losses_and_per_site_validation_metrics_are_logged(tracked):
     params, result, client, _ = tracked
     children = _children(client, result.run_id)
-    n_train = len(assemble_frames(DataPaths.from_params(params)).train)
+    n_train = len(assemble_frames(Config.from_params(params).paths.data_paths()).train)
     history = client.get_metric_history(children["finetune"].info.run_id, "loss")
     assert [m.step for m in history] == list(range(1, -(-n_train // 8) + 1))    # one point per optimizer step
     assert client.get_metric_history(children["pretrain"].info.run_id, "loss_ssl")
@@ -112,7 +113,7 @@ def test_logged_model_predicts_its_input_example_and_carries_no_identifiers(trac
 def test_stored_threshold_is_the_validation_choice(tracked):
     params, result, _, root = tracked
     model, norm, mcfg, state = load_model(result.model_path)
-    frames = assemble_frames(DataPaths.from_params(params))
+    frames = assemble_frames(Config.from_params(params).paths.data_paths())
     raw = predict_frame(model, norm, frames.valid, frames.root, mcfg.moe, input_shape=mcfg.input_shape)["score"]
     labels = (frames.valid["who_class"] == 2).to_numpy().astype(int)
     assert mcfg.companion.calibrate and mcfg.companion.threshold_level == "patient"     # as the fixture set
@@ -134,14 +135,15 @@ def test_flatten_renders_nested_sections_with_dotted_keys():
 
 def test_dvc_stages_pretrain_then_finetune_share_one_parent_run(tmp_path, monkeypatch):
     """`osteo train pretrain` opens the parent run, `osteo train finetune` continues it: one pipeline, one parent."""
-    from osteo_model.experiment import ExperimentError, run_finetune_stage, run_pretrain_stage
+    from osteo_model.frames import ExperimentError
+    from osteo_model.stages import run_finetune_stage, run_pretrain_stage
     params = _fixture.write_inputs(tmp_path)
     monkeypatch.chdir(tmp_path)
-    pre = run_pretrain_stage(params, "tp_swav", tmp_path / "models")
-    fine = run_finetune_stage(params, "tp_swav", tmp_path / "models", tmp_path / "metrics" / "train.json")
+    pre = run_pretrain_stage(Config.from_params(params).experiment(), "tp_swav", tmp_path / "models")
+    fine = run_finetune_stage(Config.from_params(params).experiment(), "tp_swav", tmp_path / "models", tmp_path / "metrics" / "train.json")
     assert pre["run_id"] is not None and fine["run_id"] == pre["run_id"]
     client = MlflowClient(tracking_uri=params["tracking"]["uri"])
     assert set(_children(client, pre["run_id"])) == {"pretrain", "finetune", "evaluate-valid"}
     assert client.get_run(pre["run_id"]).data.tags["method"] == "tp_swav"
     with pytest.raises(ExperimentError, match="run `osteo train pretrain` first"):
-        run_finetune_stage(params, "swav", tmp_path / "models", tmp_path / "metrics" / "train.json")
+        run_finetune_stage(Config.from_params(params).experiment(), "swav", tmp_path / "models", tmp_path / "metrics" / "train.json")

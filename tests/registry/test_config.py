@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from osteo_config.params import ParamsError, load_params, resolve_tracking_uri
+from osteo_config.params import ParamsError, load_params
+from osteo_config.tracking import resolve_tracking_uri
 from osteo_model.tracking import TrackingConfig
 from registry.config import RegistryConfig
 from registry.errors import RegistryConfigError

@@ -1,0 +1,208 @@
+"""Frozen configuration dataclasses parsed from the ``model:`` and ``train:`` sections.
+
+Every entry point parses its section once with ``from_params(params)``; library
+functions below take these objects (or plain arguments), never the raw dict.
+Keys, units and ranges are documented next to each value in ``params.yaml``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping, Sequence
+
+from osteo_config.errors import ConfigError
+
+
+class ModelConfigError(ConfigError):
+    """A ``model:`` or ``train:`` value in params.yaml is out of range or unknown."""
+
+# Texture pool channel order (data contract §3): index 0 is the HU volume.
+POOL_CHANNELS: tuple[str, ...] = ("HU", "Autocorrelation", "JointAverage", "Contrast", "DifferenceAverage")
+
+
+def _build(cls: type, section: Mapping[str, Any], where: str) -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys; lists become tuples."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(section) - known
+    if unknown:
+        raise ModelConfigError(f"{where}: unknown keys {sorted(unknown)}; valid keys are {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ModelConfigError(f"{where}: {exc}; add the missing key to params.yaml") from exc
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ModelConfigError(message + "; fix it in params.yaml")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = "compact"
+    widths: tuple[int, ...] = (16, 32, 64, 96)
+    layers: tuple[int, ...] = (3, 4, 6, 3)
+    stem_width: int = 16
+    embed_dim: int = 128
+    norm: str = "group"
+
+    def __post_init__(self) -> None:
+        _check(self.name in ("compact", "resnet34"), f"model.backbone.name={self.name!r}: use compact | resnet34")
+        _check(1 <= len(self.widths) <= 4, "model.backbone.widths needs 1-4 stages")
+        _check(self.name != "resnet34" or len(self.layers) == len(self.widths),
+               "model.backbone.layers needs one block count per stage in widths")
+        _check(self.stem_width >= 4 and self.embed_dim > 0, "model.backbone.stem_width >= 4 and embed_dim > 0")
+        _check(self.norm in ("group", "batch", "instance"), f"model.backbone.norm={self.norm!r}: group | batch | instance")
+
+
+def device_index(vendors: Sequence[str], vendor: Any) -> int:
+    """DXA vendor name -> index into ``vendors`` (``model.moe.device_vendors``); unknown/missing -> len(vendors)."""
+    return vendors.index(vendor) if vendor in vendors else len(vendors)
+
+
+@dataclass(frozen=True)
+class SwAVConfig:
+    proj_hidden: int = 256
+    proj_dim: int = 64
+    n_prototypes: int = 64
+    temperature: float = 0.1
+    sinkhorn_eps: float = 0.05
+    sinkhorn_iters: int = 3
+    freeze_prototypes_steps: int = 100
+    diversity_weight: float = 0.05
+    tp_pairs: str = "hu_texture"
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    intensity_jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(0 < self.temperature <= 1 and 0 < self.sinkhorn_eps <= 1, "model.swav temperature/sinkhorn_eps in (0, 1]")
+        _check(self.sinkhorn_iters >= 1 and self.n_prototypes >= 2, "model.swav sinkhorn_iters >= 1, n_prototypes >= 2")
+        _check(self.tp_pairs in ("hu_texture", "any_pair"), f"model.swav.tp_pairs={self.tp_pairs!r}: hu_texture | any_pair")
+        lo, hi = self.crop_scale
+        _check(0 < lo <= hi <= 1, "model.swav.crop_scale must satisfy 0 < min <= max <= 1")
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    use_moe: bool = True
+    n_experts: int = 3
+    expert_hidden: int = 128
+    device_vendors: tuple[str, ...] = ("Hologic", "GE Lunar", "MEDIX")
+    n_levels: int = 18
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 0.5
+    class_only: bool = False
+    bmd_center: float = 0.9
+    bmd_scale: float = 0.15
+
+    def __post_init__(self) -> None:
+        _check(self.n_experts >= 1 and self.n_levels >= 1, "model.moe n_experts and n_levels >= 1")
+        _check(min(self.alpha, self.beta, self.gamma) >= 0, "model.moe alpha/beta/gamma >= 0")
+        _check(self.bmd_scale > 0, "model.moe.bmd_scale > 0")
+
+    @property
+    def n_devices(self) -> int:
+        """Known vendors plus one 'unknown vendor' index (the last)."""
+        return len(self.device_vendors) + 1
+
+    def device_index(self, vendor: Any) -> int:
+        """Vendor name -> device index; unknown or missing vendors map to the last index."""
+        return device_index(self.device_vendors, vendor)
+
+
+@dataclass(frozen=True)
+class CompanionConfig:
+    triplet_margin: float = 0.1
+    triplet_margin_per_bmd: float = 1.0
+    pseudo_rounds: int = 3
+    pseudo_max_std: float = 0.05
+    pseudo_momentum: float = 0.5
+    min_sensitivity: float = 0.86
+    tscore_weight: float = 1.0
+    threshold_level: str = "vertebra"
+    calibrate: bool = False
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.pseudo_momentum < 1, "model.companion.pseudo_momentum in [0, 1)")
+        _check(0 < self.min_sensitivity <= 1, "model.companion.min_sensitivity in (0, 1]")
+        _check(self.threshold_level in ("vertebra", "patient"),
+               f"model.companion.threshold_level={self.threshold_level!r}: vertebra | patient")
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    l1_hu_thresholds: tuple[float, ...] = (110.0, 160.0)
+    hu_score_scale: float = 20.0
+    radiomics_C: float = 1.0
+    radiomics_max_iter: int = 2000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a model's architecture and losses (``model:`` section)."""
+
+    backbone: BackboneConfig = BackboneConfig()
+    swav: SwAVConfig = SwAVConfig()
+    moe: MoEConfig = MoEConfig()
+    companion: CompanionConfig = CompanionConfig()
+    baselines: BaselineConfig = BaselineConfig()
+    # (x, y, z) voxels the pool is trilinearly resampled to before the encoder; None = the pool's own grid.
+    input_shape: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.input_shape is None or (len(self.input_shape) == 3 and min(self.input_shape) >= 4),
+               f"model.input_shape={self.input_shape}: null or three voxel counts >= 4")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "ModelConfig":
+        """Parse the merged params' ``model:`` section (missing sub-sections take defaults)."""
+        sec = params.get("model") or {}
+        parts = {"backbone": BackboneConfig, "swav": SwAVConfig, "moe": MoEConfig,
+                 "companion": CompanionConfig, "baselines": BaselineConfig}
+        unknown = set(sec) - set(parts) - {"input_shape"}
+        if unknown:
+            raise ModelConfigError(f"model: unknown sub-sections {sorted(unknown)}; valid: {sorted(parts)} + input_shape")
+        shape = sec.get("input_shape")
+        return cls(**{k: _build(c, sec.get(k) or {}, f"model.{k}") for k, c in parts.items()},
+                   input_shape=None if shape is None else tuple(int(v) for v in shape))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training stage (``train:`` common keys merged with ``train.<stage>``)."""
+
+    epochs: int = 1
+    batch_size: int = 8
+    lr: float = 1e-4
+    warmup_epochs: float = 0.0
+    seed: int = 1234
+    device: str = "auto"
+    amp: bool = True
+    deterministic: bool = True
+    num_workers: int = 0
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.1
+    grad_clip: float = 3.0
+    min_lr_ratio: float = 0.01
+    ckpt_every_steps: int = 50
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1 and self.batch_size >= 1, "train epochs and batch_size >= 1")
+        _check(self.lr > 0 and self.warmup_epochs >= 0, "train lr > 0 and warmup_epochs >= 0")
+        _check(self.ckpt_every_steps >= 1, "train.ckpt_every_steps >= 1")
+        _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio in [0, 1]")
+        _check(self.device in ("auto", "cpu", "cuda"), f"train.device={self.device!r}: auto | cpu | cuda")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], stage: str) -> "TrainConfig":
+        """Parse ``train:`` for ``stage`` (``pretrain`` | ``finetune``): common keys + stage keys."""
+        sec = dict(params.get("train") or {})
+        sec.pop("method", None)  # which method to train: read by osteo_model.experiment, not a loop setting
+        stages = {k: sec.pop(k) for k in ("pretrain", "finetune") if k in sec}
+        if stage not in ("pretrain", "finetune"):
+            raise ModelConfigError(f"unknown training stage {stage!r}: use pretrain | finetune")
+        return _build(cls, {**sec, **(stages.get(stage) or {})}, f"train.{stage}")
