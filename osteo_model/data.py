@@ -39,7 +39,6 @@ from osteo_model.config import POOL_CHANNELS, device_index
 from osteo_model.errors import PoolIntegrityError
 from osteo_model.norm import ChannelNorm
 
-VIEW_MODES = ("pool", "hu")
 
 
 def resample_pool(pool: np.ndarray, shape: Sequence[int] | None) -> np.ndarray:
@@ -63,7 +62,6 @@ class TexturePoolDataset(Dataset):
         frame: per-vertebra table (columns above).
         root: folder that ``pool_path`` is relative to (the texture stage output folder).
         norm: channel normaliser fitted on the training split (None: raw values).
-        view_mode: ``pool`` (all 5 channels) or ``hu`` (channel 0 only, e.g. an HU-only model).
         device_vendors: vendor names in device-index order (``model.moe.device_vendors``).
         verify: check ``pool_sha256`` the first time each file is read (per worker process).
         input_shape: (x, y, z) grid the normalised pool is resampled to (None: keep the file's grid).
@@ -74,17 +72,14 @@ class TexturePoolDataset(Dataset):
     unknown), ``level`` long (0 unknown), ``index`` long (row position).
     """
 
-    def __init__(self, frame: pd.DataFrame, root: Path, norm: ChannelNorm | None = None, view_mode: str = "pool",
+    def __init__(self, frame: pd.DataFrame, root: Path, norm: ChannelNorm | None = None,
                  device_vendors: Sequence[str] = ("Hologic", "GE Lunar", "MEDIX"), verify: bool = False,
                  input_shape: Sequence[int] | None = None, cache: bool = False) -> None:
-        if view_mode not in VIEW_MODES:
-            raise ValueError(f"unknown view_mode {view_mode!r}: use one of {VIEW_MODES}")
         if "pool_path" not in frame.columns:
             raise KeyError("frame needs a 'pool_path' column (texture.parquet); join it before building the dataset")
         self.frame = frame.reset_index(drop=True)
         self.root = Path(root)
         self.norm = norm
-        self.view_mode = view_mode
         self.device_vendors = tuple(device_vendors)
         self.verify = verify
         self._verified: set[str] = set()
@@ -123,8 +118,6 @@ class TexturePoolDataset(Dataset):
             if self.norm is not None:
                 pool = self.norm.transform(pool)
             pool = resample_pool(pool, self.input_shape)           # (5, *input_shape)
-            if self.view_mode == "hu":
-                pool = pool[:1]                                    # (1, X, Y, Z)
             if self.cache:
                 self._cache[i] = pool
         vendor = row.get("device_vendor")

@@ -1,4 +1,4 @@
-"""MLflow tracking, a thin layer: runs, params, data/code versions, plots and the pyfunc model.
+"""MLflow tracking, a thin layer: runs, params, data/code versions, logged figures and the pyfunc model.
 
 One **parent run** per training pipeline, one **child run** per stage
 (``pretrain``, ``finetune``, ``evaluate-valid``, and ``evaluate``: the test-split
@@ -16,18 +16,8 @@ What a parent run carries (for filtering and comparing runs in the MLflow UI):
   the ``dvc.lock`` md5 of the texture stage when present);
 * system metrics (``log_system_metrics``; needs psutil).
 
-The logged model (:class:`ScreeningPyfunc`) takes either float32 texture pools
-(B, 5, X, Y, Z) in raw units (HU + the 4 GLCM maps of the data contract §3, any
-grid: the model normalises and resamples to ``model.input_shape``) or a vertebra
-table with a ``pool_uri`` column (absolute path of each pool .npy) and an optional
-per-row ``device_vendor``; param ``device_vendor`` (default ``Hologic``: "what
-would a Hologic DXA say"); output = one row per vertebra with ``score``,
-``bmd_g_cm2``, ``level``, ``screen_positive`` (score >= the stored validation
-threshold) and no input column, so no identifier travels through. The I/O
-contract (:func:`model_contract`: modality, HU window, spacing, ROI shape,
-channels, feature service, intended use, threshold) is logged as the model's
-``io_contract`` metadata. The input example is synthetic (every voxel at the
-training channel mean), so it carries no patient data.
+The model is logged as the pyfunc of :mod:`osteo_model.serving` (its inputs, outputs and
+I/O contract are documented there); figures come from :mod:`osteo_model.figures`.
 """
 from __future__ import annotations
 
