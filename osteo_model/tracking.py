@@ -37,6 +37,8 @@ from osteo_config.tracking import TrackingConfig
 
 PARAM_SECTIONS = ("model", "train", "texture")
 INGEST_KEYS = ("spacing_mm", "roi_shape")
+# MLflow 3 keeps an experiment's kind in this tag; the UI picks its landing view from it.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 TAG_KEYS = ("method", "backbone", "pretrain", "moe", "loss", "profile", "data_version")
 
 
@@ -111,13 +113,18 @@ class Tracker:
         self.experiment_id: str | None = None
 
     def _experiment_id(self) -> str:
+        """The experiment's id (created on first use), marked as classic model development so the MLflow UI
+        opens it on its training runs, not on the GenAI views (traces, sessions)."""
         import mlflow
         mlflow.set_tracking_uri(self.cfg.active_uri)
         exp = mlflow.get_experiment_by_name(self.cfg.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        location = Path(self.cfg.artifact_location).expanduser().resolve().as_uri()
-        return mlflow.create_experiment(self.cfg.experiment, artifact_location=location)
+        if exp is None:
+            location = Path(self.cfg.artifact_location).expanduser().resolve().as_uri()
+            return mlflow.create_experiment(self.cfg.experiment, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return exp.experiment_id
 
     @contextlib.contextmanager
     def parent(self, run_name: str, tags: Mapping[str, str], run_params: Mapping[str, str],

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.browser import (PNG_MAGIC, chromium, metric_row, missing_browser, mlflow_ui, open_comparison,
-                           open_runs_table)
+from tools.browser import (PNG_MAGIC, chromium, experiment_home_url, metric_row, missing_browser, mlflow_ui,
+                           open_comparison, open_runs_table, wait_for_text)
 from tools.mlflow_screenshot import Compared, latest_evaluated, take
 from osteo_config import Config
 
@@ -91,6 +91,13 @@ def test_runs_table_lists_both_training_runs_with_stages_folded(browser, ui, com
     text = open_runs_table(browser, ui, compared.experiment_id, METHODS)
     assert all(name in text for name in METHODS)
     assert "evaluate-valid" not in text                                # stage runs sit folded under their parent
+
+
+def test_the_experiment_opens_on_its_training_runs_not_the_genai_views(browser, ui, compared):
+    browser.get(experiment_home_url(ui, compared.experiment_id))          # the link a reviewer clicks first
+    text = wait_for_text(browser, METHODS)
+    assert "/runs" in browser.current_url and "traces" not in browser.current_url, browser.current_url
+    assert all(name in text for name in METHODS)
 
 
 def test_comparison_shows_each_runs_per_site_metrics_in_its_own_column(browser, ui, store, compared):

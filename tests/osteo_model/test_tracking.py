@@ -59,6 +59,8 @@ def test_parent_and_stage_runs_carry_tags_params_and_data_version(tracked):
     children = _children(client, result.run_id)
     assert set(children) == {"pretrain", "finetune", "evaluate-valid"}
     assert all(c.data.tags["data_version"] == tags["data_version"] for c in children.values())
+    experiment = client.get_experiment(parent.info.experiment_id)                  # opens on its training runs
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_per_step_losses_and_per_site_validation_metrics_are_logged(tracked):
