@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from osteo_model import metrics as M
-from osteo_model.evaluate import LEVELS, check_frame, clean_json, fmt
+from osteo_model.evaluate import LEVELS, SITE_TABLE_KEYS, check_frame, clean_json, fmt
 from osteo_model.figures import evaluation_plots
 
 
