@@ -100,20 +100,38 @@ def stage_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def run_command(stage: str, cmd: list[str], cwd: Path, timeout_s: float, env: Mapping[str, str] | None = None
                 ) -> tuple[int, str]:
-    """Run ``cmd`` in its own process group; returns (exit code, combined output).
+    """Run ``cmd``; returns (exit code, combined output).
+
+    The command stays in the flow's process group, so stopping the flow (Ctrl-C, a kill of the group)
+    stops the stage too; past ``timeout_s`` the command and all its descendants are killed.
 
     Raises:
-        StageTimeout: past ``timeout_s`` (the whole group is killed, grandchildren included).
+        StageTimeout: past ``timeout_s``.
     """
     proc = subprocess.Popen(cmd, cwd=cwd, env=dict(env) if env is not None else stage_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_tree(proc.pid)
         proc.communicate()
         raise StageTimeout(stage, timeout_s) from None
     return proc.returncode, out or ""
+
+
+def _kill_tree(pid: int) -> None:
+    import psutil  # a DVC dependency
+
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
 
 
 def repro_stage(stage: str, repo: Path, timeout_s: float, env: Mapping[str, str] | None = None) -> StageRun:
