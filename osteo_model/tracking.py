@@ -37,12 +37,19 @@ from osteo_config.tracking import TrackingConfig
 
 PARAM_SECTIONS = ("model", "train", "texture")
 INGEST_KEYS = ("spacing_mm", "roi_shape")
-# MLflow 3 keeps an experiment's kind in this tag; the UI picks its landing view from it.
+# MLflow 3 keeps an experiment's kind in this tag. The 3.17 UI picks its landing view from a per-browser
+# "workflow type" (URL parameter `workflowType`, else local storage, default GenAI), not from the tag:
+# the links the platform prints carry workflowType=machine_learning (:func:`experiment_ui_link`).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 TAG_KEYS = ("method", "backbone", "pretrain", "moe", "loss", "profile", "data_version")
 
 
 # --------------------------------------------------------------------------- versions (pure-ish helpers)
+
+def experiment_ui_link(base_url: str, experiment_id: str) -> str:
+    """The MLflow UI link that opens an experiment on its training runs (not the GenAI overview)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
 
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()

@@ -148,11 +148,6 @@ def experiment_url(base: str, experiment_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs"
 
 
-def experiment_home_url(base: str, experiment_id: str) -> str:
-    """Where the experiments list links to: MLflow picks the landing view from the experiment's kind tag."""
-    return f"{base}/#/experiments/{experiment_id}"
-
-
 def compare_url(base: str, run_ids: Sequence[str], experiment_ids: Sequence[str]) -> str:
     """MLflow's run comparison view (``/compare-runs?runs=[...]&experiments=[...]``, JSON lists, as the UI builds it)."""
     query = f"runs={quote(json.dumps(list(run_ids)))}&experiments={quote(json.dumps(list(experiment_ids)))}"

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tools.browser import (PNG_MAGIC, chromium, experiment_home_url, metric_row, missing_browser, mlflow_ui,
-                           open_comparison, open_runs_table, wait_for_text)
+from osteo_model.tracking import experiment_ui_link
+from tools.browser import (PNG_MAGIC, chromium, metric_row, missing_browser, mlflow_ui, open_comparison,
+                           open_runs_table, wait_for_text)
 from tools.mlflow_screenshot import Compared, latest_evaluated, take
 from osteo_config import Config
 
@@ -93,8 +94,8 @@ def test_runs_table_lists_both_training_runs_with_stages_folded(browser, ui, com
     assert "evaluate-valid" not in text                                # stage runs sit folded under their parent
 
 
-def test_the_experiment_opens_on_its_training_runs_not_the_genai_views(browser, ui, compared):
-    browser.get(experiment_home_url(ui, compared.experiment_id))          # the link a reviewer clicks first
+def test_the_link_the_platform_prints_opens_the_training_runs_not_the_genai_views(browser, ui, compared):
+    browser.get(experiment_ui_link(ui, compared.experiment_id))           # the link a reviewer clicks first
     text = wait_for_text(browser, METHODS)
     assert "/runs" in browser.current_url and "traces" not in browser.current_url, browser.current_url
     assert all(name in text for name in METHODS)
