@@ -64,6 +64,18 @@ class NonUniformSpacingError(IngestError):
     stage = "read"
 
 
+class UnsupportedTransferSyntaxError(IngestError):
+    """The pixel data is encoded in a transfer syntax no installed decoder reads."""
+
+    stage = "read"
+
+
+class NoAxialSeriesError(IngestError):
+    """The DICOM folder holds no axial CT image series (only scouts, reports, reformats ...)."""
+
+    stage = "read"
+
+
 # --- mask / image geometry -------------------------------------------------
 class OrientationMismatchError(IngestError):
     """The mask's direction cosines differ from the CT's."""
@@ -109,6 +121,12 @@ class MissingLevelError(IngestError):
     stage = "labels"
 
 
+class TotalSegVersionError(IngestError):
+    """A TotalSegmentator multilabel mask whose version (v1 or v2 label order) cannot be told apart."""
+
+    stage = "labels"
+
+
 class UnsupportedLevelError(IngestError):
     """A vertebra has no ordinal slot (VerSe T13): quarantined, its neighbours are kept."""
 
@@ -124,6 +142,12 @@ class VertebraTooSmallError(IngestError):
 # --- patients / DXA --------------------------------------------------------
 class UnknownPatientError(IngestError):
     """A CT or DXA row names a patient absent from (or invalid in) ``patients.csv``."""
+
+    stage = "patients"
+
+
+class IdentifierMismatchError(IngestError):
+    """The DICOM PatientID / AccessionNumber differ from the export row (series filed under another study)."""
 
     stage = "patients"
 

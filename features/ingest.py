@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
@@ -38,7 +38,7 @@ from features.io.tables import parse_date, read_raw_export
 from features.pseudonym import Pseudonymizer, age_years, load_key
 from features.quarantine import QuarantineRecord, counts_by_reason, to_frame
 from features.roi import RoiSpec
-from features.study import StudyChecks, StudyResult, StudyTask, process_study
+from features.study import ExpectedIdentity, StudyChecks, StudyResult, StudyTask, process_study
 from osteo_config.ingest import IngestConfig  # noqa: F401  (configuration lives in the leaf package)
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class IngestSummary:
     dxa: KindCounts
     patients: int
     elapsed_s: float = 0.0
+    dicom_filtered: dict[str, int] = field(default_factory=dict)  # DICOM objects left out of series folders
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -200,7 +201,8 @@ def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
             quarantine.append(QuarantineRecord.from_error(err, "study"))
             continue
         tasks.append(StudyTask(study_id=sid, ct_path=str(raw_dir / r["ct_path"]), ct_format=str(r["ct_format"]),
-                               mask_path=str(raw_dir / r["mask_path"]), mask_format=str(r["mask_format"])))
+                               mask_path=str(raw_dir / r["mask_path"]), mask_format=str(r["mask_format"]),
+                               identity=ExpectedIdentity.of(mrn, acc)))
         meta[sid] = dict(mrn=mrn, day=day, site=str(r["site"]), scanner=str(r["scanner"]),
                          contrast=int(str(r["contrast"]).strip()))
 
@@ -246,7 +248,9 @@ def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
         studies=counts("study", len(raw.ct_studies), sum(r.ok for r in results)),
         vertebrae=counts("vertebra", vert_seen, len(rows)),
         dxa=counts("dxa", len(raw.dxa), len(dxa_rows)),
-        patients=len(patient_rows))
+        patients=len(patient_rows),
+        dicom_filtered={k: sum(r.dicom_filtered.get(k, 0) for r in results)
+                        for k in sorted({k for r in results for k in r.dicom_filtered})})
     _check_counts(summary)
 
     _write_tables(out_dir, rows, dxa_rows, patient_rows, quarantine, summary)

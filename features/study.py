@@ -16,34 +16,72 @@ HU plausibility rule (:func:`check_hu`): the study is
   around 100-400 HU; a series stored without its rescale intercept (-1024)
   puts them above 1000. This needs no air in the field of view, unlike an
   "air must be near -1000" rule, and so also works on tightly cropped CTs.
+
+Voxels outside the reconstructed field of view (DICOM ``PixelPaddingValue``,
+:mod:`features.io.dicom`) are not HU and take no part in either rule.
+
+Identity rule (DICOM only): every kept object's ``PatientID`` must equal the
+export row's MRN and its ``AccessionNumber`` the row's accession number (after
+stripping blanks; an empty AccessionNumber, a DICOM type-2 attribute PACS
+often leave blank, is accepted when the PatientID matches), else
+:class:`IdentifierMismatchError`. The worker never receives the raw values:
+the task carries salted SHA-256 digests (:class:`ExpectedIdentity`) and the
+DICOM values are digested with the same salt in memory.
 """
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from features.errors import (HUOutOfRangeError, IngestError, MissingLevelError, NoVertebraError,
-                             UnsupportedFormatError, UnsupportedLevelError)
+from features.errors import (HUOutOfRangeError, IdentifierMismatchError, IngestError, MissingLevelError,
+                             NoVertebraError, UnsupportedFormatError, UnsupportedLevelError)
 from features.geometry import check_alignment
-from features.io.dicom import read_dicom_series
+from features.io.dicom import DicomSeries, read_dicom_study
 from features.io.masks import LEVEL_NAMES, T13_LABEL, read_mask
 from features.io.volume import Volume, read_nifti, to_ras
 from features.quarantine import QuarantineRecord
 from features.roi import RoiSpec, VertebraROI, extract_rois
 
 
+def _digest(salt: str, value: str) -> str:
+    return hashlib.sha256(f"{salt}\x00{value.strip()}".encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ExpectedIdentity:
+    """Salted SHA-256 digests of the export row's MRN and accession number (the raw values stay in the parent).
+
+    Attributes:
+        salt: random per run (not stored anywhere).
+        patient_sha256: digest of the row's MRN.
+        accession_sha256: digest of the row's accession number.
+    """
+
+    salt: str
+    patient_sha256: str
+    accession_sha256: str
+
+    @classmethod
+    def of(cls, mrn: str, accession: str, salt: str | None = None) -> "ExpectedIdentity":
+        """Digest one export row's identifiers (``salt`` defaults to a fresh random one)."""
+        salt = salt if salt is not None else secrets.token_hex(16)
+        return cls(salt=salt, patient_sha256=_digest(salt, mrn), accession_sha256=_digest(salt, accession))
+
+
 @dataclass(frozen=True)
 class StudyTask:
-    """What a worker needs for one study (paths are absolute; no patient identifiers)."""
+    """What a worker needs for one study (paths are absolute; identifiers only as salted digests)."""
 
     study_id: str
     ct_path: str
     ct_format: str
     mask_path: str
     mask_format: str
+    identity: ExpectedIdentity | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +105,8 @@ class StudyResult:
         rois: per written vertebra: level, roi_path, roi_sha256, stats.
         quarantine: refused study or vertebrae.
         vertebrae_seen: thoracolumbar vertebrae found in the mask (0 when the study failed).
+        dicom_filtered: DICOM objects of the series folder left out (scouts, dose reports, ...),
+            ``{reason: count}`` (reasons in :data:`features.io.dicom.FILTER_REASONS`; no identifiers).
     """
 
     study_id: str
@@ -74,19 +114,37 @@ class StudyResult:
     rois: list[dict] = field(default_factory=list)
     quarantine: list[QuarantineRecord] = field(default_factory=list)
     vertebrae_seen: int = 0
+    dicom_filtered: dict[str, int] = field(default_factory=dict)
 
 
-def check_hu(ct: Volume, levels: np.ndarray, item: str, checks: StudyChecks) -> None:
-    """Raise :class:`HUOutOfRangeError` when the CT is not plausibly in HU (rule in module docstring)."""
+def check_hu(ct: Volume, levels: np.ndarray, item: str, checks: StudyChecks,
+             outside_fov: np.ndarray | None = None) -> None:
+    """Raise :class:`HUOutOfRangeError` when the CT is not plausibly in HU (rule in module docstring).
+
+    Args:
+        outside_fov: True on voxels outside the field of view (padding): not HU, ignored.
+    """
     lo, hi = checks.hu_valid_range
-    a = ct.array
-    share = float(np.mean((a < lo) | (a > hi)))
+    inside = np.ones(ct.shape, bool) if outside_fov is None else ~outside_fov
+    a = ct.array[inside]
+    bad = (a < lo) | (a > hi)
+    share = float(np.mean(bad)) if a.size else 0.0
     if share > checks.hu_invalid_share:
+        out = a[bad]
+        low = out[out < lo]
+        # padding is one stored constant (a few HU values with per-slice intercepts) below air;
+        # a missing or wrong rescale spreads the values instead (sampled: cheap on big volumes)
+        distinct = len(np.unique(low[::max(1, low.size // 100_000)])) if low.size else 0
+        padding_like = low.size > 0.9 * out.size and 0 < distinct <= 8
+        fix = ("the out-of-range voxels look like padding outside the scan field of view: export the series "
+               "with its PixelPaddingValue (0028,0120)") if padding_like else \
+            "re-export the CT in Hounsfield units (apply RescaleSlope/RescaleIntercept)"
         raise HUOutOfRangeError(
             item, f"{100 * share:.2f}% of voxels lie outside {list(checks.hu_valid_range)} HU "
-                  f"(limit {100 * checks.hu_invalid_share:.2f}%)",
-            "re-export the CT in Hounsfield units (apply RescaleSlope/RescaleIntercept)")
-    med = float(np.median(a[levels > 0])) if np.any(levels > 0) else 0.0
+                  f"(limit {100 * checks.hu_invalid_share:.2f}%; {100 * low.size / out.size:.0f}% of them "
+                  f"below {lo:.0f} HU in {distinct} distinct value(s))", fix)
+    lab = (levels > 0) & inside
+    med = float(np.median(ct.array[lab])) if np.any(lab) else 0.0
     mlo, mhi = checks.vertebra_median_hu_range
     if not (mlo <= med <= mhi):
         raise HUOutOfRangeError(
@@ -118,12 +176,36 @@ def write_roi(roi: VertebraROI, out_dir: Path) -> tuple[str, str]:
 
 def read_ct(task: StudyTask) -> Volume:
     """Read the study's CT in its stored orientation (RAS affine)."""
+    return read_ct_study(task)[0]
+
+
+def read_ct_study(task: StudyTask) -> tuple[Volume, DicomSeries | None]:
+    """Read the study's CT; for DICOM also the series record (padding mask, filtered objects, identifiers)."""
     if task.ct_format == "nifti":
-        return read_nifti(Path(task.ct_path), task.study_id, "CT", dtype=np.float32)
+        return read_nifti(Path(task.ct_path), task.study_id, "CT", dtype=np.float32), None
     if task.ct_format == "dicom":
-        return read_dicom_series(Path(task.ct_path), task.study_id)
+        series = read_dicom_study(Path(task.ct_path), task.study_id)
+        return series.volume, series
     raise UnsupportedFormatError(task.study_id, f"ct_format {task.ct_format!r} is unknown",
                                  "export CTs as nifti or dicom")
+
+
+def check_identity(series: DicomSeries, expected: ExpectedIdentity, item: str) -> None:
+    """Raise :class:`IdentifierMismatchError` when the series' PatientID / AccessionNumber differ from the row.
+
+    Compares salted digests only; messages never hold the identifiers.
+    """
+    fix = ("check that the folder holds this study's series (re-export it from PACS) or correct the "
+           "ct_studies.csv row; the identifiers are not shown here on purpose (PHI)")
+    if any(not v for v in series.patient_ids):
+        raise IdentifierMismatchError(item, "the DICOM series has no PatientID: it cannot be matched to its patient",
+                                      fix)
+    if any(_digest(expected.salt, v) != expected.patient_sha256 for v in series.patient_ids):
+        raise IdentifierMismatchError(item, "the DICOM PatientID differs from the export row's MRN "
+                                            "(series filed under another patient?)", fix)
+    if any(v and _digest(expected.salt, v) != expected.accession_sha256 for v in series.accessions):
+        raise IdentifierMismatchError(item, "the DICOM AccessionNumber differs from the export row's "
+                                            "accession number (series filed under another study?)", fix)
 
 
 def _levels_present(labels: np.ndarray, item: str) -> tuple[list[int], bool]:
@@ -145,17 +227,26 @@ def _levels_present(labels: np.ndarray, item: str) -> tuple[list[int], bool]:
 def process_study(task: StudyTask, spec: RoiSpec, checks: StudyChecks, out_dir: str) -> StudyResult:
     """Run one study end to end (see module docstring); typed faults become quarantine records."""
     item = task.study_id
+    filtered: dict[str, int] = {}
     try:
-        ct = read_ct(task)
+        ct, series = read_ct_study(task)
+        outside = None
+        if series is not None:
+            filtered = dict(series.filtered)
+            if task.identity is not None:
+                check_identity(series, task.identity, item)
+            outside = to_ras(Volume(series.outside_fov, ct.affine)).array
         mask = read_mask(Path(task.mask_path), task.mask_format, item)
         check_alignment(ct, mask.volume, item, checks.alignment_tol_mm, checks.direction_tol)
         ct, levels = to_ras(ct), to_ras(mask.volume)
         present, has_t13 = _levels_present(levels.array, item)
-        check_hu(ct, levels.array, item, checks)
+        check_hu(ct, levels.array, item, checks, outside)
     except IngestError as err:
-        return StudyResult(study_id=item, ok=False, quarantine=[QuarantineRecord.from_error(err, "study")])
+        return StudyResult(study_id=item, ok=False, quarantine=[QuarantineRecord.from_error(err, "study")],
+                           dicom_filtered=filtered)
 
-    result = StudyResult(study_id=item, ok=True, vertebrae_seen=len(present) + int(has_t13))
+    result = StudyResult(study_id=item, ok=True, vertebrae_seen=len(present) + int(has_t13),
+                         dicom_filtered=filtered)
     if has_t13:
         t13 = UnsupportedLevelError(f"{item}:T13", "a T13 vertebra has no ordinal level slot (1-18)",
                                     "none needed: T13 is left out, T12 and L1 keep their names")
