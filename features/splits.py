@@ -23,7 +23,6 @@ import hmac
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -24,8 +24,7 @@ file is strict JSON and a gate sees them as missing. No torch here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd

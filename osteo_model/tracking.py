@@ -25,12 +25,10 @@ import contextlib
 import hashlib
 import json
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping
 
 import numpy as np
-import pandas as pd
 
 from osteo_config.root import flatten  # noqa: F401  (re-exported: MLflow params are flattened sections)
 from osteo_config.tracking import TrackingConfig
