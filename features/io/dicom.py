@@ -127,7 +127,8 @@ def _orientation(ds) -> np.ndarray | None:
 
 def classify(ds) -> str | None:
     """Why this object is left out of the axial CT series (one of :data:`FILTER_REASONS`), or None to keep it."""
-    sop = str(getattr(ds, "SOPClassUID", "") or "")
+    sop = str(getattr(ds, "SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")
+              or "")
     if str(getattr(ds, "Modality", "") or "").upper() != "CT" or sop not in CT_SOP_CLASSES \
             or "PixelData" not in ds:
         return "non_ct_image"

@@ -102,13 +102,15 @@ def read_mask(path: Path, fmt: str, item: str) -> LevelMask:
     """Read a vertebra mask in ``fmt`` and relabel it to ordinal levels.
 
     Args:
-        path: file (``totalseg``, ``verse``) or folder (``totalseg_dir``).
-        fmt: one of :data:`MASK_FORMATS`.
+        path: file (``totalseg*``, ``verse``) or folder (``totalseg_dir``).
+        fmt: one of :data:`MASK_FORMATS` (``totalseg``: TotalSegmentator version detected, see module docstring).
         item: pseudonymous study id for messages.
 
     Raises:
         UnsupportedFormatError: unknown ``fmt``.
         UnreadableFileError: missing/corrupt file(s), or a folder with no vertebra file.
+        TotalSegVersionError: ``totalseg`` whose version cannot be told, or a declared version the file's
+            own label table contradicts.
     """
     if fmt in ("totalseg", "totalseg_v1", "totalseg_v2"):
         vol = read_nifti(path, item, "mask", dtype=np.int32)
