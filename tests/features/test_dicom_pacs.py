@@ -16,8 +16,9 @@ import pandas as pd
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.uid import (JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, ExplicitVRLittleEndian, JPEGLossless,
-                         RLELossless, generate_uid)
+from pydicom.pixels import get_decoder
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLossless,
+                         JPEGLosslessSV1, JPEGLSLossless, RLELossless, generate_uid)
 
 from features.errors import HUOutOfRangeError
 from features.ingest import roi_spec, run_ingest, study_checks
@@ -122,7 +123,8 @@ def _gdcm_compress(src: Path, dst: Path, syntax: str) -> None:
     assert writer.Write()
 
 
-@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless, JPEGLSLossless, JPEGLosslessSV1, JPEGLossless],
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless, JPEGLSLossless, JPEGLosslessSV1, JPEGLossless,
+                                    DeflatedExplicitVRLittleEndian],
                          ids=lambda s: s.name.split(",")[0].replace(" ", "_"))
 def test_compressed_syntax_decodes_to_the_uncompressed_array(tmp_path, synth, case, syntax):
     # purpose: each lossless syntax a PACS sends gives bit-identical HU (real encoded files, pinned encoders)
@@ -131,6 +133,10 @@ def test_compressed_syntax_decodes_to_the_uncompressed_array(tmp_path, synth, ca
     for f in sorted(case["dcm"].iterdir()):
         if syntax in (JPEGLosslessSV1, JPEGLossless):
             _gdcm_compress(f, out / f.name, syntax)
+        elif syntax == DeflatedExplicitVRLittleEndian:            # the whole dataset deflated (zlib)
+            ds = pydicom.dcmread(str(f))
+            ds.file_meta.TransferSyntaxUID = syntax
+            ds.save_as(str(out / f.name), enforce_file_format=True)
         else:
             ds = pydicom.dcmread(str(f))
             ds.compress(syntax)
@@ -140,6 +146,12 @@ def test_compressed_syntax_decodes_to_the_uncompressed_array(tmp_path, synth, ca
     assert all("PixelData" in pydicom.dcmread(str(f)) for f in out.iterdir())
     a, b = read_dicom_series(case["dcm"], "sid"), read_dicom_series(out, "sid")
     assert np.array_equal(a.array, b.array) and np.array_equal(a.affine, b.affine)
+    # every installed decoder of the syntax is exact, not only the one pydicom picks first
+    first = sorted(case["dcm"].iterdir())[0]
+    plain = pydicom.pixels.pixel_array(str(first))
+    plugins = sorted(get_decoder(syntax).available_plugins) if syntax.is_compressed else []
+    for plugin in plugins:
+        assert np.array_equal(pydicom.pixels.pixel_array(str(out / first.name), decoding_plugin=plugin), plain), plugin
 
 
 def test_unsupported_syntax_is_a_typed_error(tmp_path, synth, case):
