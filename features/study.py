@@ -136,8 +136,8 @@ def check_hu(ct: Volume, levels: np.ndarray, item: str, checks: StudyChecks,
         # a missing or wrong rescale spreads the values instead (sampled: cheap on big volumes)
         distinct = len(np.unique(low[::max(1, low.size // 100_000)])) if low.size else 0
         padding_like = low.size > 0.9 * out.size and 0 < distinct <= 8
-        fix = ("the out-of-range voxels look like padding outside the scan field of view: export the series "
-               "with its PixelPaddingValue (0028,0120)") if padding_like else \
+        fix = ("the out-of-range voxels look like padding outside the scan field of view: export the DICOM "
+               "series with its PixelPaddingValue (0028,0120) (a NIfTI conversion loses it)") if padding_like else \
             "re-export the CT in Hounsfield units (apply RescaleSlope/RescaleIntercept)"
         raise HUOutOfRangeError(
             item, f"{100 * share:.2f}% of voxels lie outside {list(checks.hu_valid_range)} HU "
@@ -243,7 +243,7 @@ def process_study(task: StudyTask, spec: RoiSpec, checks: StudyChecks, out_dir: 
         check_hu(ct, levels.array, item, checks, outside)
     except IngestError as err:
         return StudyResult(study_id=item, ok=False, quarantine=[QuarantineRecord.from_error(err, "study")],
-                           dicom_filtered=filtered)
+                           dicom_filtered=dict(getattr(err, "filtered", filtered)))
 
     result = StudyResult(study_id=item, ok=True, vertebrae_seen=len(present) + int(has_t13),
                          dicom_filtered=filtered)

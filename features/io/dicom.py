@@ -247,8 +247,10 @@ def read_dicom_study(folder: Path, item: str, tilt_tol: float = 1e-3,
     left_out = {r: filtered[r] for r in FILTER_REASONS if filtered[r]}
     if not kept:
         what = ", ".join(f"{n} {r}" for r, n in left_out.items())
-        raise NoAxialSeriesError(item, f"DICOM folder holds no axial CT image (left out: {what})",
+        err = NoAxialSeriesError(item, f"DICOM folder holds no axial CT image (left out: {what})",
                                  "export the axial CT series of this study (not only scouts, reports or reformats)")
+        err.filtered = left_out          # the study's record still counts what was left out
+        raise err
     slices = [s for ds in kept for s in _frames(ds, item)]
     if len(slices) < 2:
         raise UnreadableFileError(item, f"DICOM folder holds {len(slices)} axial CT slice(s)",

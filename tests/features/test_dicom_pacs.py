@@ -297,6 +297,7 @@ def test_folder_with_no_axial_image_is_a_typed_error(tmp_path, synth, case):
     res = _run(tmp_path, synth, folder, case["seg"])
     assert not res.ok and res.quarantine[0].reason == NoAxialSeriesError.__name__
     assert "1 localizer" in res.quarantine[0].detail
+    assert res.dicom_filtered == {"localizer": 1, "non_axial": 1, "non_ct_image": 2}
 
 
 # --- identifiers against the export row ----------------------------------------------------------------
