@@ -36,8 +36,8 @@ class EvaluateConfig:
         check(0.0 < self.ci_level < 1.0, f"ci_level={self.ci_level} must lie in (0, 1)")
         check(self.reliability_bins >= 2, f"reliability_bins={self.reliability_bins} must be >= 2")
         check(list(self.age_bands) == sorted(self.age_bands), "age_bands must be increasing")
-        check(set(self.subgroups) <= {"sex", "age_band", "scanner", "site"},
-              f"subgroups {list(self.subgroups)}: choose from sex, age_band, scanner, site")
+        check(set(self.subgroups) <= {"sex", "age_band", "scanner", "site", "contrast"},
+              f"subgroups {list(self.subgroups)}: choose from sex, age_band, scanner, site, contrast")
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "EvaluateConfig":

@@ -55,9 +55,32 @@ class BackboneConfig:
         _check(self.norm in ("group", "batch", "instance"), f"model.backbone.norm={self.norm!r}: group | batch | instance")
 
 
+UNKNOWN_VENDOR = "unknown"  # what a user writes to declare that the DXA vendor is not known (learned embedding)
+
+
+class UnknownVendorError(ModelConfigError, KeyError):
+    """A DXA vendor name that is neither a known vendor nor the explicit ``unknown``."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def device_index(vendors: Sequence[str], vendor: Any) -> int:
-    """DXA vendor name -> index into ``vendors`` (``model.moe.device_vendors``); unknown/missing -> len(vendors)."""
-    return vendors.index(vendor) if vendor in vendors else len(vendors)
+    """DXA vendor name -> index into ``vendors`` (``model.moe.device_vendors``).
+
+    ``"unknown"`` (:data:`UNKNOWN_VENDOR`), None or NaN -> ``len(vendors)``, the learned "unknown device"
+    index (trained by ``model.moe.vendor_dropout``). Any other name is a typed error: a misspelling
+    ("GE" for "GE Lunar") must not silently select an embedding the user did not mean.
+
+    Raises:
+        UnknownVendorError: ``vendor`` is not in ``vendors`` and not ``"unknown"``/missing.
+    """
+    if vendor is None or (isinstance(vendor, float) and vendor != vendor) or vendor == UNKNOWN_VENDOR:
+        return len(vendors)
+    if vendor in vendors:
+        return list(vendors).index(vendor)
+    raise UnknownVendorError(f"unknown DXA vendor {vendor!r}: use one of {list(vendors)} (model.moe.device_vendors), "
+                             f"or {UNKNOWN_VENDOR!r} when the vendor is not known")
 
 
 @dataclass(frozen=True)
@@ -72,7 +95,10 @@ class SwAVConfig:
     diversity_weight: float = 0.05
     tp_pairs: str = "hu_texture"
     crop_scale: tuple[float, float] = (0.5, 1.0)
-    intensity_jitter: float = 0.1
+    tp_crop_scale: tuple[float, float] = (0.85, 1.0)
+    flip: bool = True
+    view_noise_hu: float = 10.0
+    queue_length: int = 0
 
     def __post_init__(self) -> None:
         _check(0 < self.temperature <= 1 and 0 < self.sinkhorn_eps <= 1, "model.swav temperature/sinkhorn_eps in (0, 1]")
@@ -80,6 +106,9 @@ class SwAVConfig:
         _check(self.tp_pairs in ("hu_texture", "any_pair"), f"model.swav.tp_pairs={self.tp_pairs!r}: hu_texture | any_pair")
         lo, hi = self.crop_scale
         _check(0 < lo <= hi <= 1, "model.swav.crop_scale must satisfy 0 < min <= max <= 1")
+        lo, hi = self.tp_crop_scale
+        _check(0 < lo <= hi <= 1, "model.swav.tp_crop_scale must satisfy 0 < min <= max <= 1")
+        _check(self.view_noise_hu >= 0 and self.queue_length >= 0, "model.swav view_noise_hu and queue_length >= 0")
 
 
 @dataclass(frozen=True)
@@ -95,9 +124,18 @@ class MoEConfig:
     class_only: bool = False
     bmd_center: float = 0.9
     bmd_scale: float = 0.15
+    vendor_dropout: float = 0.1
+    contrast_dropout: float = 0.1
+    use_contrast: bool = True
+    position_extra: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.n_experts >= 1 and self.n_levels >= 1, "model.moe n_experts and n_levels >= 1")
+        _check(0 <= self.vendor_dropout < 1 and 0 <= self.contrast_dropout < 1,
+               "model.moe.vendor_dropout and contrast_dropout in [0, 1)")
+        _check(self.position_extra >= 0, "model.moe.position_extra >= 0")
+        _check(UNKNOWN_VENDOR not in self.device_vendors,
+               f"model.moe.device_vendors must not list {UNKNOWN_VENDOR!r}: it is the reserved unknown-device index")
         _check(min(self.alpha, self.beta, self.gamma) >= 0, "model.moe alpha/beta/gamma >= 0")
         _check(self.bmd_scale > 0, "model.moe.bmd_scale > 0")
 
@@ -107,7 +145,7 @@ class MoEConfig:
         return len(self.device_vendors) + 1
 
     def device_index(self, vendor: Any) -> int:
-        """Vendor name -> device index; unknown or missing vendors map to the last index."""
+        """Vendor name -> device index; ``"unknown"``/missing -> the last index; other names raise (see :func:`device_index`)."""
         return device_index(self.device_vendors, vendor)
 
 

@@ -3,20 +3,26 @@
 How the texture pool enters the encoder
 ---------------------------------------
 TP-SwAV pretrains on *single-channel* views (the HU volume, or one GLCM map)
-while fine-tuning sees all five pool channels at once. Both run through the same
-weights thanks to a **per-channel shared stem** (:class:`ChannelStem`):
+while fine-tuning sees all five pool channels at once. Paper 001 §2.1 encodes
+every pool member "through a general encoder"; both stages therefore run through
+the same weights thanks to a **per-channel shared stem** (:class:`ChannelStem`):
 
 1. every channel c is convolved on its own by one shared ``Conv3d(1 -> W)``
    and normalised on its own (each member keeps a comparable scale),
 2. a learned channel-type embedding ``e_c`` (W numbers, one per pool member) is
    added so the network knows *which* map it sees,
-3. the per-channel feature maps are averaged over the channels present.
+3. a learned **per-member mixing** ``M_c`` (a W x W matrix per pool member, i.e.
+   a 1x1x1 convolution over the stacked member features) weights and filters
+   each map on its own before the members present are summed and divided by
+   their count: ``h = relu( (1/|C|) sum_c M_c (norm(conv(x_c)) + e_c) )``.
 
-A 1-channel pretraining view and the 5-channel fine-tuning input therefore
-produce feature maps of the same kind and scale (a mean of 1 vs 5 members),
-and no weight has to be replicated or re-initialised between stages. The
-averaging is permutation invariant, so channel order only matters through
-``channel_ids``.
+``M_c`` starts at the identity (plus a small member-specific perturbation), so an
+untrained stem is close to the mean of the members, but the network can learn to
+amplify, suppress or recombine a map. The division by the count keeps a 1-channel
+pretraining view and the 5-channel fine-tuning input on the same scale, and no
+weight has to be replicated or re-initialised between stages. Because ``M_c``
+belongs to the member id, permuting the channels of x (ids unchanged) changes
+the output: the maps are weighed, not averaged.
 """
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 
 class ChannelStem(nn.Module):
-    """Shared per-channel stem with channel-type embeddings and mean fusion (see module doc)."""
+    """Shared per-channel stem with channel-type embeddings and learned per-member mixing (see module doc)."""
 
     def __init__(self, n_channels: int, width: int, norm: str, stride: int = 2) -> None:
         super().__init__()
@@ -47,6 +53,9 @@ class ChannelStem(nn.Module):
         self.conv = nn.Conv3d(1, width, kernel_size=3, stride=stride, padding=1, bias=False)
         self.channel_embed = nn.Parameter(torch.zeros(n_channels, width))
         self.norm = make_norm(norm, width)
+        # M_c: identity + small member-specific noise (std 0.1/sqrt(W)), so members differ from step 0.
+        mix = torch.eye(width).repeat(n_channels, 1, 1) + torch.randn(n_channels, width, width) * (0.1 / math.sqrt(width))
+        self.channel_mix = nn.Parameter(mix)                  # (n_channels, W_out, W_in)
 
     def forward(self, x: torch.Tensor, channel_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Args: x (B, C, X, Y, Z); channel_ids (B, C) pool indices of x's channels (None: 0..C-1)."""
@@ -57,9 +66,9 @@ class ChannelStem(nn.Module):
         h = h.reshape(B, C, *h.shape[1:])                     # (B, C, W, X', Y', Z')
         e = self.channel_embed[channel_ids]                   # (B, C, W)
         h = h + e[..., None, None, None]                      # after the norm, so the identity survives it
-        return F.relu(h.mean(dim=1))                          # (B, W, X', Y', Z')
-
-
+        m = self.channel_mix[channel_ids].to(h.dtype)         # (B, C, W_out, W_in)
+        h = torch.einsum("bcoi,bcixyz->boxyz", m, h) / C      # (B, W, X', Y', Z'): 1x1x1 conv over members
+        return F.relu(h)
 class BasicBlock3d(nn.Module):
     """ResNet BasicBlock in 3-D: two 3x3x3 convs and an identity (or 1x1x1 projection) shortcut."""
 

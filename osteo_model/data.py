@@ -8,7 +8,8 @@ when labeled, dxa rows; see docs/data_contract.md §2-3). Columns used:
 | ``pool_path`` | yes | pool file relative to ``root`` (float32 (5, x, y, z)) |
 | ``pool_sha256`` | for ``verify`` | SHA-256 of the array bytes (or of the file) |
 | ``level`` | no | 1-18 (0 / missing = unknown) |
-| ``device_vendor`` | no | DXA vendor -> device index (unknown -> last index) |
+| ``device_vendor`` | no | DXA vendor -> device index (``unknown`` / missing -> last index; any other name not in ``device_vendors`` is an :class:`UnknownVendorError` at construction) |
+| ``contrast`` | no | IV contrast 0/1 -> contrast index (missing -> 2 = unknown) |
 | ``who_class`` | no | 0/1/2 (missing -> -1) |
 | ``bmd_g_cm2`` | no | areal BMD (missing -> NaN) |
 | ``t_score`` | no | DXA T-score (missing -> NaN) |
@@ -21,7 +22,9 @@ are already 0) the pool is trilinearly resampled to this grid, e.g. a 48x48x32
 ROI at 1 mm to 24x24x16 (2 mm voxels, same field of view): the CPU profiles
 trade texture resolution for ~6x fewer voxels. ``cache=True`` keeps the
 prepared (normalised, resampled) pools in memory after their first read, which
-makes every epoch after the first free of disk I/O (per process).
+makes every epoch after the first free of disk I/O (per process; with
+``train.num_workers > 0`` the loader's workers are persistent, so each worker's
+cache survives the epochs, see :func:`osteo_model.train.fit`).
 """
 from __future__ import annotations
 
@@ -35,8 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from osteo_model.config import POOL_CHANNELS, device_index
+from osteo_config.model import UnknownVendorError, device_index
+from osteo_model.config import POOL_CHANNELS
 from osteo_model.errors import PoolIntegrityError
+from osteo_model.moe import contrast_index
 from osteo_model.norm import ChannelNorm
 
 
@@ -48,6 +53,11 @@ def resample_pool(pool: np.ndarray, shape: Sequence[int] | None) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(pool, dtype=np.float32))[None]        # (1, C, X, Y, Z)
     out = F.interpolate(t, size=tuple(int(v) for v in shape), mode="trilinear", align_corners=False)
     return out[0].numpy()                                                              # (C, *shape)
+
+
+def _flag(row: pd.Series, key: str) -> int | None:
+    value = row.get(key)
+    return None if value is None or pd.isna(value) else int(value)
 
 
 def _num(row: pd.Series, key: str, default: float) -> float:
@@ -67,7 +77,7 @@ class TexturePoolDataset(Dataset):
         input_shape: (x, y, z) grid the normalised pool is resampled to (None: keep the file's grid).
         cache: keep prepared pools in memory after the first read (per process).
 
-    Each item: ``pool`` (C, X, Y, Z) float32, ``device`` long, ``who_class``
+    Each item: ``pool`` (C, X, Y, Z) float32, ``device`` long, ``contrast`` long, ``who_class``
     long (-1 unknown), ``bmd`` float (NaN unknown), ``t_score`` float (NaN
     unknown), ``level`` long (0 unknown), ``index`` long (row position).
     """
@@ -86,6 +96,14 @@ class TexturePoolDataset(Dataset):
         self.input_shape = None if input_shape is None else tuple(int(v) for v in input_shape)
         self.cache = cache
         self._cache: dict[int, np.ndarray] = {}
+        if "device_vendor" in self.frame.columns:
+            bad = self.frame["device_vendor"].dropna()
+            bad = bad[~bad.isin([*self.device_vendors, "unknown"])]
+            if len(bad):
+                counts = bad.value_counts().to_dict()
+                raise UnknownVendorError(f"{len(bad)} vertebrae have a DXA vendor the model does not know {counts}: "
+                                         f"use one of {list(self.device_vendors)} (model.moe.device_vendors), "
+                                         "or 'unknown' when the vendor is not known")
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -125,6 +143,7 @@ class TexturePoolDataset(Dataset):
         return {
             "pool": torch.from_numpy(np.ascontiguousarray(pool)),
             "device": torch.tensor(device, dtype=torch.long),
+            "contrast": torch.tensor(contrast_index(_flag(row, "contrast")), dtype=torch.long),
             "who_class": torch.tensor(int(_num(row, "who_class", -1)), dtype=torch.long),
             "bmd": torch.tensor(_num(row, "bmd_g_cm2", float("nan")), dtype=torch.float32),
             "t_score": torch.tensor(_num(row, "t_score", float("nan")), dtype=torch.float32),

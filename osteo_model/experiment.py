@@ -33,7 +33,7 @@ from osteo_model.operating_point import (OperatingPoint, ThresholdChoice, choose
 from osteo_model.pipeline import run_pretrain
 from osteo_model.tracking import Tracker, code_version, data_version
 
-PRED_COLUMNS = ("vertebra_id", "patient_id", "split", "site", "scanner", "sex", "age_at_ct", "level",
+PRED_COLUMNS = ("vertebra_id", "patient_id", "split", "site", "scanner", "contrast", "sex", "age_at_ct", "level",
                 "who_class", "y_true", "score", "bmd_true", "bmd_pred")
 
 
@@ -171,6 +171,8 @@ def _run(spec: ExperimentSpec, method: str, frames: Frames, out: Path, tracker: 
                    "valid": E.evaluate_predictions(valid, spec.evaluate, threshold),
                    "test": E.evaluate_predictions(test, spec.evaluate, threshold), "timings": timings}
         tracker.log_metrics({"threshold": threshold, **E.scalar_metrics(metrics["valid"], "valid")})
+        if fitted.gates is not None and spec.model.moe.use_moe:   # "experts specialise by device", checkable
+            tracker.log_metrics(fitted.gates(frames.valid))
         tracker.log_metrics(E.scalar_metrics(metrics["test"], "test"))
         for split, pred in (("valid", valid), ("test", test)) if tracker.enabled else ():
             tracker.log_figure(figures.confusion_figure(pred, threshold, split), f"plots/confusion_{split}.png")

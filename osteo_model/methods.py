@@ -3,7 +3,7 @@
 | method | pretraining | fine-tuning / fitting |
 |---|---|---|
 | ``tp_swav`` | TP-SwAV (texture-pool views) | MoE multi-task, Eq. 4 (``model.moe``: class_only / use_moe ablations) |
-| ``swav`` | SwAV (random crops of HU) | as above |
+| ``swav`` | SwAV (large random crops of the 5-channel pool) | as above |
 | ``scratch`` | none | as above |
 | ``selftrain`` | TP-SwAV (or ``init_encoder``) | paper 002: Eq. 4 + adaptive triplet, pseudo-BMD rounds on unlabeled vertebrae |
 | ``screening`` | TP-SwAV (or ``init_encoder``) | paper 003: screening / severity / T-score heads |
@@ -26,8 +26,8 @@ from osteo_model.baselines import L1HURule, RadiomicsLogistic
 from osteo_model.companion import PseudoLabels, self_training
 from osteo_model.config import ModelConfig
 from osteo_model.frames import Frames
-from osteo_model.pipeline import (TripletMultiTaskObjective, load_model, predict_frame, predict_screening,
-                                  run_finetune, run_screening)
+from osteo_model.pipeline import (TripletMultiTaskObjective, gate_metrics, load_model, predict_frame,
+                                  predict_screening, run_finetune, run_screening)
 from osteo_model.train import MetricsCallback
 
 METHODS = ("tp_swav", "swav", "scratch", "selftrain", "screening", "l1_hu", "radiomics_lr")
@@ -44,6 +44,7 @@ class Fitted:
     score: Scorer
     model_path: Path | None = None
     fixed_threshold: float | None = None
+    gates: Callable[[pd.DataFrame], dict[str, float]] | None = None   # frame -> mean gate per expert per vendor
 
 
 def fit_method(spec: ExperimentSpec, method: str, frames: Frames, out: Path, encoder: Path | None,
@@ -63,8 +64,9 @@ def fit_method(spec: ExperimentSpec, method: str, frames: Frames, out: Path, enc
         return Fitted(lambda f: (predict_screening(res.bundle, f, frames.root)["score"].to_numpy(), nan(f)), res.bundle)
     if method == "selftrain":
         return _self_training(spec, frames, out, encoder, log, resume)
-    res = run_finetune(spec, frames.train, frames.root, out, init_encoder=encoder, log_metrics=log, resume=resume)
-    return Fitted(moe_scorer(res.bundle, frames.root), res.bundle)
+    res = run_finetune(spec, frames.train, frames.root, out, init_encoder=encoder, log_metrics=log, resume=resume,
+                       position_frame=frames.unlabeled)
+    return Fitted(moe_scorer(res.bundle, frames.root), res.bundle, gates=moe_gates(res.bundle, frames.root))
 
 
 def moe_scorer(bundle: Path, root: Path) -> Scorer:
@@ -77,6 +79,17 @@ def moe_scorer(bundle: Path, root: Path) -> Scorer:
     return score
 
 
+def moe_gates(bundle: Path, root: Path) -> Callable[[pd.DataFrame], dict[str, float]]:
+    """Mean gate weight per expert per DXA vendor of a ``model.pt`` on a frame (:func:`gate_metrics`)."""
+    model, norm, mcfg, _ = load_model(bundle)
+
+    def gates(frame: pd.DataFrame) -> dict[str, float]:
+        pred = predict_frame(model, norm, frame, root, mcfg.moe, input_shape=mcfg.input_shape, gates=True)
+        return gate_metrics(pred, frame["device_vendor"] if "device_vendor" in frame.columns
+                            else pd.Series(index=frame.index, dtype=object))
+    return gates
+
+
 def _self_training(spec: ExperimentSpec, frames: Frames, out: Path, encoder: Path | None, log: MetricsCallback,
                    resume: bool) -> Fitted:
     """Paper 002 on vertebrae through :func:`osteo_model.companion.self_training`: a supervised round, then
@@ -86,7 +99,7 @@ def _self_training(spec: ExperimentSpec, frames: Frames, out: Path, encoder: Pat
     The prediction spread per vertebra comes from two passes (the pool and its left-right mirror).
     """
     cc = spec.model.companion
-    objective = TripletMultiTaskObjective(spec.model.moe, cc)
+    objective = TripletMultiTaskObjective(spec.model.moe, cc, spec.finetune.seed)
     unl = frames.unlabeled.assign(who_class=-1, t_score=np.nan)
     rounds = [0]
 
@@ -123,5 +136,5 @@ def _mirrored_bmd(model: torch.nn.Module, norm: Any, frame: pd.DataFrame, root: 
     out = []
     for batch in DataLoader(ds, batch_size=32):
         pool = torch.flip(batch["pool"], dims=[2])                             # (B, 5, X, Y, Z), x mirrored
-        out.append(decode_outputs(model(pool, batch["device"]), mcfg.moe)["bmd_g_cm2"].numpy())
+        out.append(decode_outputs(model(pool, batch["device"], contrast=batch["contrast"]), mcfg.moe)["bmd_g_cm2"].numpy())
     return np.concatenate(out)

@@ -245,7 +245,7 @@ def patient_table(pred: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """
     agg: dict[str, tuple[str, str]] = {"site": ("site", "first"), "n_vertebrae": ("y_true", "size"),
                                        "y_true": ("y_true", "max"), "score": ("score", "max")}
-    for col, how in (("sex", "first"), ("age_at_ct", "min"), ("scanner", "first")):
+    for col, how in (("sex", "first"), ("age_at_ct", "min"), ("scanner", "first"), ("contrast", "max")):
         if col in pred.columns:
             agg[col] = (col, how)
     out = pred.groupby("patient_id", sort=True).agg(**agg).reset_index()

@@ -4,9 +4,23 @@ Image embedding P_I (encoder) plus a learned embedding D_I of the DXA device
 (one per vendor, an extra index for "unknown") drive a dense softmax gate over
 N experts (Eq. 2); the experts see the image embedding and their outputs are
 mixed by the gate weights (Eq. 3). Three task heads read the mixture:
-osteoporosis class (2 logits, cross-entropy), areal BMD (regression on the
-standardised value, MSE) and vertebra position 1-18 (cross-entropy). The unified
-loss is Eq. 4: L = alpha L_class + beta L_BMD + gamma L_position.
+osteoporosis class (2 logits, cross-entropy), areal BMD (MSE) and vertebra
+position 1-18 (cross-entropy). The unified loss is Eq. 4:
+L = alpha L_class + beta L_BMD + gamma L_position.
+
+Departures from the paper, each explicit:
+
+* **Contrast** (``use_contrast``): a learned embedding C_I of the study's IV-contrast
+  flag (0 no, 1 yes, 2 unknown) is added to P_I before the experts and the gate, as
+  D_I is added for the gate: contrast raises trabecular HU by ~15-20 HU, a shift the
+  network must not read as denser bone.
+* **Unknown device / contrast** rows are trained by dropout (``vendor_dropout``,
+  ``contrast_dropout``): each training vertebra's index is replaced by "unknown" with
+  that probability (a deterministic function of seed, step and dataset index, so DDP
+  and resume are exact); otherwise the "unknown" rows would never see a gradient.
+* **L_BMD is the MSE in (g/cm2)^2**, as in the paper, so beta keeps the paper's
+  meaning; the head predicts the standardised value z = (BMD - bmd_center) / bmd_scale
+  only for conditioning, and the loss de-standardises it first.
 
 Because the device enters through the gate, the model answers "what would this
 vendor's DXA say" (METHOD.md §4): predict once per vendor index to compare.
@@ -42,8 +56,21 @@ def mix_experts(expert_out: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return (alpha.unsqueeze(-1) * expert_out).sum(dim=1)
 
 
+N_CONTRAST = 3       # contrast index: 0 no IV contrast, 1 contrast-enhanced, 2 unknown
+UNKNOWN_CONTRAST = 2
+
+
+def contrast_index(value) -> int:
+    """Study contrast flag (0/1, bool, None/NaN) -> contrast index (0, 1, or 2 = unknown)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return UNKNOWN_CONTRAST
+    if value in (0, 1):
+        return int(value)
+    raise ValueError(f"contrast flag {value!r} is not 0/1: fix the vertebra table (data contract: contrast 0/1)")
+
+
 class MoEHead(nn.Module):
-    """Device-aware gate, N experts and the three task heads."""
+    """Device-aware gate, N experts and the three task heads (plus the optional contrast embedding)."""
 
     def __init__(self, embed_dim: int, cfg: MoEConfig) -> None:
         super().__init__()
@@ -53,6 +80,9 @@ class MoEHead(nn.Module):
             self.device_embed = nn.Embedding(cfg.n_devices, embed_dim)       # D_I
             nn.init.normal_(self.device_embed.weight, std=0.1)
             self.f_g = nn.Linear(embed_dim, n_experts)                        # gating function
+        if cfg.use_contrast:
+            self.contrast_embed = nn.Embedding(N_CONTRAST, embed_dim)         # C_I
+            nn.init.normal_(self.contrast_embed.weight, std=0.1)
         self.experts = nn.ModuleList(
             nn.Sequential(nn.Linear(embed_dim, cfg.expert_hidden), nn.ReLU()) for _ in range(n_experts)
         )
@@ -60,8 +90,16 @@ class MoEHead(nn.Module):
         self.bmd_head = nn.Linear(cfg.expert_hidden, 1)
         self.level_head = nn.Linear(cfg.expert_hidden, cfg.n_levels)
 
-    def forward(self, p_i: torch.Tensor, device: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Args: p_i (B, E) image embedding; device (B,) vendor indices. Returns logits, BMD z and gates."""
+    def forward(self, p_i: torch.Tensor, device: torch.Tensor,
+                contrast: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Args: p_i (B, E) image embedding; device (B,) vendor indices; contrast (B,) indices (None: unknown).
+
+        Returns logits, BMD z and gates.
+        """
+        if self.cfg.use_contrast:
+            if contrast is None:
+                contrast = torch.full_like(device, UNKNOWN_CONTRAST)
+            p_i = p_i + self.contrast_embed(contrast)                          # (B, E)
         e = torch.stack([expert(p_i) for expert in self.experts], dim=1)      # (B, N, F)
         if self.cfg.use_moe:
             alpha = gate_weights(p_i, self.device_embed(device), self.f_g)   # (B, N)
@@ -84,11 +122,30 @@ class MultiTaskModel(nn.Module):
         self.encoder = encoder
         self.head = MoEHead(encoder.embed_dim, cfg)
 
-    def forward(self, pool: torch.Tensor, device: torch.Tensor,
-                channel_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Args: pool (B, 5, X, Y, Z) normalised; device (B,). Returns the head outputs plus ``embedding`` (B, E)."""
+    def forward(self, pool: torch.Tensor, device: torch.Tensor, channel_ids: torch.Tensor | None = None,
+                contrast: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Args: pool (B, 5, X, Y, Z) normalised; device (B,); contrast (B,). Returns the head outputs plus ``embedding``."""
         p_i = self.encoder(pool, channel_ids)                                  # (B, E)
-        return {**self.head(p_i, device), "embedding": p_i}
+        return {**self.head(p_i, device, contrast), "embedding": p_i}
+
+
+def unit_hash(index: torch.Tensor, step: int, seed: int, salt: int = 0) -> torch.Tensor:
+    """A uniform number in [0, 1) per (dataset index, step, seed, salt): the same on every rank and after resume."""
+    m = 2_147_483_648                                                         # 2^31: products stay < 2^63 in int64
+    x = (index.long() * 1_103_515_245 + step * 40_503 + seed * 97 + salt * 1_000_003 + 12_345) % m
+    x = (x ^ (x >> 15)) * 2_246_822_519 % m
+    x = (x ^ (x >> 13)) * 3_266_489_917 % m
+    x = x ^ (x >> 16)
+    return x.double() / m
+
+
+def drop_to_unknown(values: torch.Tensor, index: torch.Tensor, unknown: int, p: float, step: int, seed: int,
+                    salt: int) -> torch.Tensor:
+    """Replace each value by ``unknown`` with probability ``p`` (deterministic per index and step)."""
+    if p <= 0:
+        return values
+    drop = unit_hash(index.cpu(), step, seed, salt).to(values.device) < p
+    return torch.where(drop, torch.full_like(values, unknown), values)
 
 
 @dataclass(frozen=True)
@@ -121,10 +178,11 @@ def unified_loss(out: dict[str, torch.Tensor], who_class: torch.Tensor, bmd: tor
         bmd: (B,) areal BMD in g/cm2, NaN unknown.
         level: (B,) 1-18, 0 unknown.
         weights: alpha, beta, gamma.
-        bmd_center, bmd_scale: BMD standardisation, z = (bmd - center) / scale.
+        bmd_center, bmd_scale: BMD standardisation of the head, z = (bmd - center) / scale; the
+            BMD term is computed in g/cm2 (MSE in (g/cm2)^2), so it does not depend on them.
 
     Returns:
-        total loss and the parts ``class``, ``bmd``, ``position`` (unweighted).
+        total loss and the parts ``class``, ``bmd`` ((g/cm2)^2), ``position`` (unweighted).
     """
     logits = out["class_logits"].float()
     has_c = who_class >= 0
@@ -132,8 +190,8 @@ def unified_loss(out: dict[str, torch.Tensor], who_class: torch.Tensor, bmd: tor
         F.cross_entropy(logits[has_c], (who_class[has_c] == OSTEOPOROSIS).long(), reduction="none"), logits)
     pred_z = out["bmd_z"].float()
     has_b = torch.isfinite(bmd)
-    z = (bmd[has_b] - bmd_center) / bmd_scale
-    l_bmd = _masked_mean_zero((pred_z[has_b] - z) ** 2, pred_z)
+    pred_g = pred_z[has_b] * bmd_scale + bmd_center                     # g/cm2: the paper's MSE, beta as in the paper
+    l_bmd = _masked_mean_zero((pred_g - bmd[has_b].float()) ** 2, pred_z)
     lvl_logits = out["level_logits"].float()
     has_l = level >= 1
     l_pos = _masked_mean_zero(F.cross_entropy(lvl_logits[has_l], level[has_l] - 1, reduction="none"), lvl_logits)
@@ -151,18 +209,36 @@ def decode_outputs(out: dict[str, torch.Tensor], cfg: MoEConfig) -> dict[str, to
 
 
 class MultiTaskObjective:
-    """Fine-tuning loss object for :func:`osteo_model.train.fit` (Eq. 4)."""
+    """Fine-tuning loss object for :func:`osteo_model.train.fit` (Eq. 4), with vendor / contrast dropout.
 
-    def __init__(self, cfg: MoEConfig) -> None:
+    Args:
+        cfg: ``model.moe``.
+        seed: seed of the dropout draws (``train.seed``).
+    """
+
+    def __init__(self, cfg: MoEConfig, seed: int = 0) -> None:
         self.cfg = cfg
+        self.seed = seed
         self.weights = LossWeights.from_config(cfg)
 
     def extra_terms(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Loss terms added to Eq. 4 (none here; e.g. paper 002's adaptive triplet in a subclass)."""
         return {}
 
+    def inputs(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Device and contrast indices after dropout to "unknown" (training only)."""
+        index = batch.get("index", torch.arange(batch["device"].shape[0]))
+        device = drop_to_unknown(batch["device"], index, self.cfg.n_devices - 1, self.cfg.vendor_dropout,
+                                 step, self.seed, salt=1)
+        contrast = batch.get("contrast")
+        if contrast is not None:
+            contrast = drop_to_unknown(contrast, index, UNKNOWN_CONTRAST, self.cfg.contrast_dropout, step, self.seed,
+                                       salt=2)
+        return device, contrast
+
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        out = model(batch["pool"], batch["device"])
+        device, contrast = self.inputs(batch, step)
+        out = model(batch["pool"], device, contrast=contrast)
         total, parts = unified_loss(out, batch["who_class"], batch["bmd"], batch["level"],
                                     self.weights, self.cfg.bmd_center, self.cfg.bmd_scale)
         for name, term in self.extra_terms(out, batch).items():

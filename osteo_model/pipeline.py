@@ -25,9 +25,12 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from osteo_config.experiment import ExperimentSpec
-from osteo_model.backbones import build_backbone
+import torch.distributed as dist
 import torch.nn.functional as F
+
+from osteo_config.experiment import ExperimentSpec
+from osteo_config.model import ModelConfigError
+from osteo_model.backbones import build_backbone
 
 from osteo_model.companion import ScreeningModel, ScreeningObjective, adaptive_triplet_loss, batch_triplets
 from osteo_model.config import POOL_CHANNELS, BackboneConfig, CompanionConfig, ModelConfig, MoEConfig, TrainConfig
@@ -46,7 +49,9 @@ IO_CONTRACT = {
     "input": f"texture pool float32 (5, x, y, z) in raw units, channels {list(POOL_CHANNELS)} "
              "(HU clipped to hu_window, then the 4 GLCM maps); the model normalises and resamples it",
     "channels": list(POOL_CHANNELS),
-    "device_input": "DXA vendor index (model.moe.device_vendors; last index = unknown)",
+    "device_input": "DXA vendor (model.moe.device_vendors, or 'unknown' = the last index, trained by vendor dropout); "
+                    "any other name is refused (UnknownVendorError)",
+    "contrast_input": "IV contrast of the study: 0 no, 1 yes, missing = unknown (model.moe.use_contrast)",
     "outputs": {"score": "P(osteoporosis, WHO T <= -2.5) in [0, 1]", "bmd_g_cm2": "areal BMD as the vendor's DXA",
                 "level": "vertebra position 1-18"},
     "intended_use": "research: opportunistic osteoporosis screening from routine CT; not a diagnostic device",
@@ -81,6 +86,42 @@ def _dataset(frame: pd.DataFrame, root: Path, norm: ChannelNorm, mcfg: ModelConf
                               input_shape=mcfg.input_shape, cache=cache)
 
 
+def world_size() -> int:
+    """Processes of the current torch.distributed job (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def check_queue(n_prototypes: int, queue_length: int, batch_size: int) -> None:
+    """Refuse a SwAV configuration whose Sinkhorn batch (batch x processes + queue) is smaller than K.
+
+    With fewer rows than prototypes no code can exceed (rows / K) on any prototype: the swapped
+    targets stay diffuse and pretraining learns little (see :mod:`osteo_model.swav`).
+
+    Raises:
+        ModelConfigError: ``batch_size * world + queue_length < n_prototypes``.
+    """
+    rows = batch_size * world_size() + queue_length
+    if rows < n_prototypes:
+        raise ModelConfigError(f"SwAV: batch {batch_size} x {world_size()} processes + queue {queue_length} = {rows} "
+                               f"rows < n_prototypes {n_prototypes}: set model.swav.queue_length >= "
+                               f"{n_prototypes - batch_size * world_size()} in params.yaml")
+
+
+def position_rows(position_frame: pd.DataFrame | None, n_labelled: int, extra: float, seed: int) -> pd.DataFrame:
+    """Unlabelled vertebrae (all levels) that join fine-tuning for L_position only.
+
+    DXA labels exist for L1-L4 alone, so on labelled data alone the 18-way position head sees 4
+    classes. ``round(extra * n_labelled)`` vertebrae of the pretraining set (training patients, every
+    level, no DXA) are drawn without replacement (seeded); their class and BMD targets are unknown,
+    so they feed L_position only (Eq. 4's masked terms).
+    """
+    if position_frame is None or position_frame.empty or extra <= 0:
+        return pd.DataFrame()
+    n = min(len(position_frame), round(extra * n_labelled))
+    rows = position_frame.sample(n=n, random_state=seed % 2**32) if n < len(position_frame) else position_frame
+    return rows.drop(columns=[c for c in ("who_class", "bmd_g_cm2", "t_score") if c in rows.columns])
+
+
 def run_pretrain(spec: ExperimentSpec, frame: pd.DataFrame, interim_dir: Path, out_dir: Path,
                  method: str = "tp_swav", log_metrics: MetricsCallback | None = None, resume: bool = True) -> StageResult:
     """Self-supervised pretraining (``tp_swav`` or the ``swav`` baseline) on the training split's vertebrae.
@@ -88,11 +129,13 @@ def run_pretrain(spec: ExperimentSpec, frame: pd.DataFrame, interim_dir: Path, o
     The ChannelNorm is fitted here, on ``frame`` (training split only), and travels in the bundle.
     """
     mcfg, tcfg = spec.model, spec.pretrain
+    check_queue(mcfg.swav.n_prototypes, mcfg.swav.queue_length, tcfg.batch_size)
     norm = ChannelNorm.fit(TexturePoolDataset(frame, interim_dir).iter_raw_pools())
     dataset = _dataset(frame, interim_dir, norm, mcfg)
     seed_everything(tcfg.seed)
     model = SwAVModel(build_backbone(mcfg.backbone), mcfg.swav)
-    res = fit(model, SwAVObjective(mcfg.swav, method, tcfg.seed), dataset, tcfg, Path(out_dir),
+    objective = SwAVObjective(mcfg.swav, method, tcfg.seed, hu_std=norm.std[0])
+    res = fit(model, objective, dataset, tcfg, Path(out_dir),
               params_digest=_digest(spec, method), extra_state={"norm": norm.state_dict(), "method": method},
               log_metrics=log_metrics, resume=resume)
     bundle = Path(out_dir) / "encoder.pt"
@@ -103,25 +146,29 @@ def run_pretrain(spec: ExperimentSpec, frame: pd.DataFrame, interim_dir: Path, o
 
 def run_finetune(spec: ExperimentSpec, train_frame: pd.DataFrame, interim_dir: Path, out_dir: Path,
                  init_encoder: Path | None = None, log_metrics: MetricsCallback | None = None, resume: bool = True,
-                 objective: Objective | None = None) -> StageResult:
+                 objective: Objective | None = None, position_frame: pd.DataFrame | None = None) -> StageResult:
     """MoE multi-task fine-tuning (Eq. 4) on labeled training vertebrae, from scratch or a pretrained encoder.
 
     With ``init_encoder`` the pretraining bundle's ChannelNorm is reused (the encoder was trained on it);
     otherwise it is fitted on ``train_frame``. ``objective`` replaces the Eq. 4 loss (e.g. Eq. 4 + the
-    adaptive triplet term of paper 002). The operating point is chosen by the caller on validation data
+    adaptive triplet term of paper 002). ``position_frame`` (the pretraining set's unlabelled vertebrae)
+    supplies ``model.moe.position_extra`` x len(train_frame) rows for L_position (:func:`position_rows`).
+    The operating point is chosen by the caller on validation data
     (:func:`osteo_model.operating_point.choose_operating_point`) and stored beside ``model.pt``.
     """
     mcfg, tcfg = spec.model, spec.finetune
     init = torch.load(init_encoder, map_location="cpu", weights_only=False) if init_encoder else None
     norm = (ChannelNorm.from_state_dict(init["norm"]) if init
             else ChannelNorm.fit(TexturePoolDataset(train_frame, interim_dir).iter_raw_pools()))
-    dataset = _dataset(train_frame, interim_dir, norm, mcfg)
+    extra = position_rows(position_frame, len(train_frame), mcfg.moe.position_extra, tcfg.seed)
+    frame = pd.concat([train_frame, extra], ignore_index=True) if len(extra) else train_frame
+    dataset = _dataset(frame, interim_dir, norm, mcfg)
     seed_everything(tcfg.seed)
     model = MultiTaskModel(build_backbone(mcfg.backbone), mcfg.moe)
     if init:
         model.encoder.load_state_dict(init["encoder"])       # raises on an architecture mismatch
     tag = f"finetune:{init['method'] if init else 'scratch'}"
-    res = fit(model, objective or MultiTaskObjective(mcfg.moe), dataset, tcfg, Path(out_dir), params_digest=_digest(spec, tag),
+    res = fit(model, objective or MultiTaskObjective(mcfg.moe, tcfg.seed), dataset, tcfg, Path(out_dir), params_digest=_digest(spec, tag),
               extra_state={"norm": norm.state_dict(), "init": tag}, log_metrics=log_metrics, resume=resume)
     bundle = Path(out_dir) / "model.pt"
     torch.save({"state_dict": res.model.state_dict(), "norm": norm.state_dict(), "model_config": mcfg.to_dict(),
@@ -136,8 +183,8 @@ class TripletMultiTaskObjective(MultiTaskObjective):
     margin = ``triplet_margin + triplet_margin_per_bmd * |dBMD|``.
     """
 
-    def __init__(self, cfg: MoEConfig, companion: CompanionConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: MoEConfig, companion: CompanionConfig, seed: int = 0) -> None:
+        super().__init__(cfg, seed)
         self.companion = companion
 
     def extra_terms(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -205,36 +252,73 @@ def load_model(bundle: Path, operating_point: Path | None = None
     op = OperatingPoint.load(op_path).to_dict() if op_path.is_file() else {"threshold": None, "calibration": None}
     state.update(op)
     cfg_dict = state["model_config"]
+    moe = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict["moe"].items()}
+    moe.setdefault("use_contrast", False)                  # bundles from before the contrast input
     mcfg = ModelConfig(backbone=BackboneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict["backbone"].items()}),
-                       moe=MoEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict["moe"].items()}),
-                       companion=CompanionConfig(**cfg_dict["companion"]),
+                       moe=MoEConfig(**moe), companion=CompanionConfig(**cfg_dict["companion"]),
                        input_shape=None if cfg_dict.get("input_shape") is None else tuple(cfg_dict["input_shape"]))
     model = MultiTaskModel(build_backbone(mcfg.backbone), mcfg.moe)
-    model.load_state_dict(state["state_dict"])
+    weights = dict(state["state_dict"])
+    mix = model.encoder.stem.channel_mix
+    # Bundles from before the learned member mixing averaged the members: identity mixing is that stem exactly.
+    weights.setdefault("encoder.stem.channel_mix", torch.eye(mix.shape[1]).repeat(mix.shape[0], 1, 1))
+    model.load_state_dict(weights)
     return model.eval(), ChannelNorm.from_state_dict(state["norm"]), mcfg, state
 
 
 @torch.no_grad()
 def predict_frame(model: MultiTaskModel, norm: ChannelNorm, frame: pd.DataFrame, interim_dir: Path, moe_cfg: MoEConfig,
                   vendor: str | None = None, batch_size: int = 16, device: str = "auto",
-                  input_shape: tuple[int, int, int] | None = None) -> pd.DataFrame:
+                  input_shape: tuple[int, int, int] | None = None, gates: bool = False) -> pd.DataFrame:
     """Score every vertebra of ``frame``: ``score``, ``bmd_pred`` (g/cm2), ``level_pred``, one row per input row.
 
     Args:
-        vendor: answer as this DXA vendor for every row ("what would a Hologic say");
-            None uses each row's ``device_vendor``.
+        vendor: answer as this DXA vendor for every row ("what would a Hologic say"; ``"unknown"`` = the
+            learned unknown-device embedding); None uses each row's ``device_vendor``.
         input_shape: ``model.input_shape`` of the model (pools are resampled to it, as in training).
+        gates: add the gate weights as columns ``gate_0`` .. ``gate_{N-1}``.
+
+    Raises:
+        UnknownVendorError: a vendor that is neither in ``moe_cfg.device_vendors`` nor ``"unknown"``.
     """
     rows = frame if vendor is None else frame.assign(device_vendor=vendor)
     ds = TexturePoolDataset(rows, interim_dir, norm, device_vendors=moe_cfg.device_vendors, input_shape=input_shape)
     dev = resolve_device(device)
     was_training = model.training
     model.to(dev).eval()
-    parts = {"score": [], "bmd_pred": [], "level_pred": []}
+    parts: dict[str, list[np.ndarray]] = {"score": [], "bmd_pred": [], "level_pred": [], "gate": []}
     for batch in DataLoader(ds, batch_size=batch_size, shuffle=False):
-        dec = decode_outputs(model(batch["pool"].to(dev), batch["device"].to(dev)), moe_cfg)
+        out = model(batch["pool"].to(dev), batch["device"].to(dev), contrast=batch["contrast"].to(dev))
+        dec = decode_outputs(out, moe_cfg)
         parts["score"].append(dec["score"].cpu().numpy())
         parts["bmd_pred"].append(dec["bmd_g_cm2"].cpu().numpy())
         parts["level_pred"].append(dec["level"].cpu().numpy())
+        parts["gate"].append(out["gate"].float().cpu().numpy())
     model.train(was_training)
-    return pd.DataFrame({k: np.concatenate(v) for k, v in parts.items()}, index=frame.index)
+    result = pd.DataFrame({k: np.concatenate(parts[k]) for k in ("score", "bmd_pred", "level_pred")}, index=frame.index)
+    if gates:
+        g = np.concatenate(parts["gate"])                                       # (N_rows, n_experts)
+        for i in range(g.shape[1]):
+            result[f"gate_{i}"] = g[:, i]
+    return result
+
+
+def gate_metrics(gate_frame: pd.DataFrame, vendors: pd.Series, split: str = "valid") -> dict[str, float]:
+    """Mean gate weight per expert per DXA vendor: ``gate_<split>_<vendor>_e<i>`` (and ``_n`` vertebrae).
+
+    "Experts specialise by device" (paper §2.2) reads as these rows differing between vendors.
+    Vendor names are made metric-safe (spaces -> underscores).
+
+    Args:
+        gate_frame: :func:`predict_frame` output with ``gates=True``.
+        vendors: each row's ``device_vendor`` (same index); missing -> ``unknown``.
+    """
+    cols = [c for c in gate_frame.columns if c.startswith("gate_")]
+    v = vendors.reindex(gate_frame.index).fillna("unknown").astype(str)
+    out: dict[str, float] = {}
+    for name, rows in gate_frame[cols].groupby(v.to_numpy()):
+        key = str(name).replace(" ", "_")
+        for c in cols:
+            out[f"gate_{split}_{key}_e{c.split('_')[1]}"] = float(rows[c].mean())
+        out[f"gate_{split}_{key}_n"] = float(len(rows))
+    return out

@@ -4,8 +4,10 @@ The logged model (:class:`ScreeningPyfunc`) takes either float32 texture pools
 (B, 5, X, Y, Z) in raw units (HU + the 4 GLCM maps of the data contract §3, any
 grid: the model normalises and resamples to ``model.input_shape``) or a vertebra
 table with a ``pool_uri`` column (absolute path of each pool .npy) and an optional
-per-row ``device_vendor``; param ``device_vendor`` (default ``Hologic``: "what
-would a Hologic DXA say"); output = one row per vertebra with ``score``,
+per-row ``device_vendor`` and ``contrast`` (0/1); param ``device_vendor`` (default
+``unknown``: the learned unknown-device embedding; name a vendor to ask "what would
+a Hologic DXA say"; a name the model does not know is an ``UnknownVendorError``)
+and param ``contrast`` (0/1, default -1 = unknown); output = one row per vertebra with ``score``,
 ``bmd_g_cm2``, ``level``, ``screen_positive`` (score >= the stored validation
 threshold) and no input column, so no identifier travels through. The I/O
 contract (:func:`model_contract`: modality, HU window, spacing, ROI shape,
@@ -33,7 +35,7 @@ def pyfunc_requirements() -> list[str]:
 
 
 PYFUNC_INPUTS = {
-    "tensor": "float32 (B, 5, X, Y, Z) texture pools in raw units; param device_vendor (default Hologic)",
+    "tensor": "float32 (B, 5, X, Y, Z) texture pools in raw units; params device_vendor (default unknown) and contrast (0/1, -1 unknown)",
     "table": "DataFrame, one row per vertebra: pool_uri (absolute path or file:// URI of the pool .npy), "
              "optional device_vendor (per row; missing -> the device_vendor param); other columns are ignored",
 }
@@ -66,7 +68,7 @@ def pyfunc_signature(bundle: Path):
         inputs=None,
         outputs=Schema([ColSpec("double", "score"), ColSpec("double", "bmd_g_cm2"), ColSpec("long", "level"),
                         ColSpec("long", "screen_positive")]),
-        params=ParamSchema([ParamSpec("device_vendor", "string", "Hologic")]))
+        params=ParamSchema([ParamSpec("device_vendor", "string", "unknown"), ParamSpec("contrast", "long", -1)]))
     return signature, example, model_contract(state)
 
 
@@ -96,10 +98,12 @@ class ScreeningPyfunc(_PythonModel):
         self.threshold, self.calibration = op.threshold, op.calibration
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would enforce its own
-        vendor = (params or {}).get("device_vendor", "Hologic")
+        vendor = (params or {}).get("device_vendor", "unknown")
+        contrast = int((params or {}).get("contrast", -1))
+        self.mcfg.moe.device_index(vendor)                                     # UnknownVendorError before any work
         if isinstance(model_input, pd.DataFrame):
-            return self._predict_table(model_input, vendor)
-        return self._predict_tensor(model_input, vendor)
+            return self._predict_table(model_input, vendor, contrast)
+        return self._predict_tensor(model_input, vendor, contrast)
 
     def _output(self, score: np.ndarray, bmd: np.ndarray, level: np.ndarray, index: Any = None) -> pd.DataFrame:
         score = np.asarray(score, dtype=np.float64)
@@ -109,7 +113,7 @@ class ScreeningPyfunc(_PythonModel):
                              "level": np.asarray(level, dtype=np.int64),
                              "screen_positive": (score >= self.threshold).astype(np.int64)}, index=index)
 
-    def _predict_tensor(self, model_input: Any, vendor: str) -> pd.DataFrame:
+    def _predict_tensor(self, model_input: Any, vendor: str, contrast: int = -1) -> pd.DataFrame:
         import torch
         from osteo_model.data import resample_pool
         from osteo_model.moe import decode_outputs
@@ -117,12 +121,14 @@ class ScreeningPyfunc(_PythonModel):
         if pools.ndim != 5:
             raise ValueError(f"expected pools of shape (B, 5, X, Y, Z), got {pools.shape}")
         x = np.stack([resample_pool(self.norm.transform(p), self.mcfg.input_shape) for p in pools])
+        from osteo_model.moe import contrast_index
         device = torch.full((len(x),), self.mcfg.moe.device_index(vendor), dtype=torch.long)
+        flag = torch.full((len(x),), contrast_index(None if contrast < 0 else contrast), dtype=torch.long)
         with torch.no_grad():
-            dec = decode_outputs(self.model(torch.from_numpy(x), device), self.mcfg.moe)
+            dec = decode_outputs(self.model(torch.from_numpy(x), device, contrast=flag), self.mcfg.moe)
         return self._output(dec["score"].numpy(), dec["bmd_g_cm2"].numpy(), dec["level"].numpy())
 
-    def _predict_table(self, table: pd.DataFrame, vendor: str) -> pd.DataFrame:
+    def _predict_table(self, table: pd.DataFrame, vendor: str, contrast: int = -1) -> pd.DataFrame:
         """Same preprocessing as training (:func:`osteo_model.pipeline.predict_frame`); the output keeps
         the input's index and carries no column of the input (no identifiers travel through)."""
         from osteo_model.pipeline import predict_frame
@@ -130,8 +136,10 @@ class ScreeningPyfunc(_PythonModel):
             raise ValueError("a DataFrame input needs a 'pool_uri' column (absolute path of each vertebra's "
                              f"texture-pool .npy) and optionally 'device_vendor'; got columns {list(table.columns)}")
         vendors = table["device_vendor"] if "device_vendor" in table.columns else pd.Series(None, index=table.index)
+        flags = table["contrast"] if "contrast" in table.columns else pd.Series(None, index=table.index, dtype=float)
         frame = pd.DataFrame({"pool_path": [str(pool_file(u)) for u in table["pool_uri"]],
-                              "device_vendor": vendors.where(vendors.notna(), vendor).to_numpy()})
+                              "device_vendor": vendors.where(vendors.notna(), vendor).to_numpy(),
+                              "contrast": flags.where(flags.notna(), None if contrast < 0 else contrast).to_numpy()})
         pred = predict_frame(self.model, self.norm, frame, Path("/"), self.mcfg.moe,
                              input_shape=self.mcfg.input_shape)                        # absolute paths: root unused
         return self._output(pred["score"].to_numpy(), pred["bmd_pred"].to_numpy(), pred["level_pred"].to_numpy(),

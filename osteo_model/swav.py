@@ -14,6 +14,16 @@ It is smallest when prototypes spread evenly over the sphere, is defined for
 any K (also K > dimension, where orthogonality is impossible) and acts on the
 prototypes directly, whereas Sinkhorn's equipartition only acts on the codes.
 Total pretraining loss: ``L_ssl + diversity_weight * L_div``.
+
+Queue (SwAV §4 / reference code, "small batches"). Sinkhorn's equipartition
+makes every prototype carry 1/K of the batch's mass, so with a batch B < K no
+code can put more than B/K on one prototype: the targets are forced to be
+diffuse. With ``queue_length = L > 0`` the projections of the last L samples of
+each view (no gradient, scored against the *current* prototypes) join the
+batch inside Sinkhorn, the codes are read for the batch rows only, and a code
+may then reach min(1, (B + L)/K). The queue is per process and is not part of
+the checkpoint: a resumed run refills it (SwAV's reference code does the same
+within an epoch's start).
 """
 from __future__ import annotations
 
@@ -117,19 +127,56 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def queued_codes(scores: torch.Tensor, queue_scores: torch.Tensor | None, n_iters: int, epsilon: float) -> torch.Tensor:
+    """Sinkhorn codes of the batch rows, with the queue's rows joining the transport problem.
+
+    Args:
+        scores: (B, K) prototype scores of the batch.
+        queue_scores: (L, K) scores of queued projections against the current prototypes, or None.
+
+    Returns:
+        (B, K) codes, rows summing to 1.
+    """
+    if queue_scores is None or queue_scores.shape[0] == 0:
+        return sinkhorn(scores, n_iters, epsilon)
+    L = queue_scores.shape[0]
+    return sinkhorn(torch.cat([queue_scores.to(scores.dtype), scores.detach()]), n_iters, epsilon)[L:]
+
+
 class SwAVObjective:
     """Pretraining loss object for :func:`osteo_model.train.fit` (TP-SwAV or the SwAV baseline).
 
     Args:
         cfg: ``model.swav`` section.
-        method: ``tp_swav`` (texture-pool views) or ``swav`` (random crops of HU).
+        method: ``tp_swav`` (texture-pool views) or ``swav`` (large random crops of the 5-channel pool).
         seed: base seed of the view sampling (combined with the step and rank).
+        hu_std: standard deviation of HU in the pool normaliser (``ChannelNorm.std[0]``, HU), to turn
+            ``view_noise_hu`` (HU) into normalised units; None = no noise.
     """
 
-    def __init__(self, cfg: SwAVConfig, method: str = "tp_swav", seed: int = 0) -> None:
+    def __init__(self, cfg: SwAVConfig, method: str = "tp_swav", seed: int = 0, hu_std: float | None = None) -> None:
         if method not in ("tp_swav", "swav"):
             raise ValueError(f"unknown pretraining method {method!r}: use tp_swav | swav")
         self.cfg, self.method, self.seed = cfg, method, seed
+        self.noise_std = 0.0 if not hu_std else cfg.view_noise_hu / hu_std   # normalised units
+        self.queue: torch.Tensor | None = None                  # (2, L, D) past projections per view, newest first
+        self.queue_filled = 0
+
+    def _queue_scores(self, view: int, prototypes: torch.Tensor) -> torch.Tensor | None:
+        if self.queue is None or self.queue_filled == 0:
+            return None
+        return self.queue[view, :self.queue_filled] @ prototypes.detach().T    # (L', K)
+
+    @torch.no_grad()
+    def _enqueue(self, p_s: torch.Tensor, p_t: torch.Tensor) -> None:
+        L = self.cfg.queue_length
+        if L <= 0:
+            return
+        if self.queue is None:
+            self.queue = torch.zeros(2, L, p_s.shape[1], device=p_s.device)
+        new = torch.stack([p_s, p_t]).float()                    # (2, B, D)
+        self.queue = torch.cat([new, self.queue], dim=1)[:, :L]  # newest first, oldest dropped
+        self.queue_filled = min(L, self.queue_filled + new.shape[1])
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         pool = batch["pool"]                                    # (B, C, X, Y, Z)
@@ -137,14 +184,18 @@ class SwAVObjective:
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         g = step_generator(self.seed, step, rank)
         if self.method == "tp_swav":
-            views, ids = tp_views(pool, g, self.cfg.tp_pairs)    # (2B, 1, X, Y, Z), (2B, 1)
+            views, ids = tp_views(pool, g, self.cfg.tp_pairs, self.cfg.tp_crop_scale, self.cfg.flip,
+                                  self.noise_std)               # (2B, 1, X, Y, Z), (2B, 1)
         else:
-            views, ids = crop_views(pool, g, self.cfg.crop_scale, self.cfg.intensity_jitter)
-        scores, _ = model(views, ids)                           # (2B, K)
+            views, ids = crop_views(pool, g, self.cfg.crop_scale, self.cfg.flip, self.noise_std)  # (2B, 5, ...)
+        scores, p = model(views, ids)                           # (2B, K), (2B, D)
         scores = scores.float()
         scores_s, scores_t = scores[:B], scores[B:]             # (B, K) each
-        q_s = sinkhorn(scores_s, self.cfg.sinkhorn_iters, self.cfg.sinkhorn_eps)
-        q_t = sinkhorn(scores_t, self.cfg.sinkhorn_iters, self.cfg.sinkhorn_eps)
+        prototypes = _unwrap(model).prototypes.weight.float()   # (K, D)
+        it, eps = self.cfg.sinkhorn_iters, self.cfg.sinkhorn_eps
+        q_s = queued_codes(scores_s, self._queue_scores(0, prototypes), it, eps)
+        q_t = queued_codes(scores_t, self._queue_scores(1, prototypes), it, eps)
+        self._enqueue(p[:B].detach(), p[B:].detach())
         l_ssl = swapped_prediction_loss(scores_s, scores_t, q_s, q_t, self.cfg.temperature)
         loss = l_ssl
         metrics = {"loss_ssl": float(l_ssl.detach())}

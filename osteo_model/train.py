@@ -8,7 +8,8 @@
    linear warm-up then cosine LR schedule, an AMP grad scaler (CUDA only);
 3. resume from ``run_dir/last.pt`` when present (signatures verified);
 4. per epoch a seeded DistributedSampler order (also with one process), skipping
-   the batches a resumed run already consumed; per batch: objective -> finite
+   the batches a resumed run already consumed, fed to one DataLoader whose workers
+   persist across epochs (their pool caches survive); per batch: objective -> finite
    check -> backward -> model hooks -> clip -> step -> schedule -> log ->
    checkpoint every ``ckpt_every_steps``.
 
@@ -31,7 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from osteo_model.checkpoint import architecture_signature, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from osteo_model.config import TrainConfig
@@ -102,6 +103,25 @@ def _all_finite(loss: torch.Tensor, distributed: bool) -> bool:
     if distributed:
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     return bool(ok.item())
+
+
+class EpochOrder(Sampler[int]):
+    """The sample order of the current epoch, replaced before each epoch.
+
+    One DataLoader (and with ``num_workers > 0`` one set of *persistent* worker processes)
+    serves every epoch: the indices are drawn in the main process from this sampler, so
+    changing ``order`` changes the epoch without restarting the workers and their
+    in-memory pool caches (:class:`~osteo_model.data.TexturePoolDataset` ``cache=True``).
+    """
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def __iter__(self):
+        return iter(list(self.order))
+
+    def __len__(self) -> int:
+        return len(self.order)
 
 
 def _call_hook(model: nn.Module, name: str, step: int) -> None:
@@ -178,13 +198,14 @@ def fit(model: nn.Module, objective: Objective, dataset: Dataset, cfg: TrainConf
             dist.barrier()
 
     metrics: dict[str, float] = {}
+    epoch_order = EpochOrder()
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=epoch_order, num_workers=cfg.num_workers,
+                        persistent_workers=cfg.num_workers > 0, generator=torch.Generator().manual_seed(cfg.seed),
+                        pin_memory=device.type == "cuda")
     try:
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
-            order = list(sampler)[skip_batches * cfg.batch_size:]        # data position of a resumed run
-            loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=order, num_workers=cfg.num_workers,
-                                generator=torch.Generator().manual_seed(cfg.seed + epoch),
-                                pin_memory=device.type == "cuda")
+            epoch_order.order = list(sampler)[skip_batches * cfg.batch_size:]   # data position of a resumed run
             net.train()
             for batch_index, batch in enumerate(loader, start=skip_batches):
                 batch = _to_device(batch, device)

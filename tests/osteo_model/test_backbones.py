@@ -26,7 +26,30 @@ def test_single_channel_view_uses_the_same_weights_as_the_full_pool(backbone_cfg
         net.stem.channel_embed[3] += 1.0
     as_contrast = net(x[:, :1], torch.full((2, 1), 3))
     assert hu.shape == (2, 16) and not torch.allclose(hu, as_contrast)
-    # The stem averages members: five copies of one channel equal that channel alone.
-    same = x[:, :1].expand(2, 5, 16, 16, 8)
-    ids = torch.zeros(2, 5, dtype=torch.long)
-    torch.testing.assert_close(net(same, ids), net(x[:, :1], ids[:, :1]))
+
+
+def test_stem_weighs_members_so_permuting_channels_changes_the_output(backbone_cfg):
+    # Fails on a mean-fusion stem: a mean over members is invariant to their order.
+    torch.manual_seed(0)
+    net = build_backbone(backbone_cfg).eval()
+    x = torch.randn(2, 5, 16, 16, 8)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    with torch.no_grad():
+        out, permuted = net(x), net(x[:, perm])               # channel ids stay 0..4: members swap maps
+    assert not torch.allclose(out, permuted, atol=1e-5)
+    # Permuting the ids with the maps is the same input: the identity travels with the map.
+    ids = perm.expand(2, 5)
+    torch.testing.assert_close(net(x[:, perm], ids), out)
+
+
+def test_stem_can_silence_one_member(backbone_cfg):
+    # A learned mixing can drop a map entirely (M_c = 0): the output no longer depends on that member.
+    torch.manual_seed(0)
+    net = build_backbone(backbone_cfg).eval()
+    x = torch.randn(2, 5, 16, 16, 8)
+    y = x.clone()
+    y[:, 3] = torch.randn(2, 16, 16, 8)                       # change only the Contrast map
+    assert not torch.allclose(net(x), net(y), atol=1e-5)
+    with torch.no_grad():
+        net.stem.channel_mix[3].zero_()
+    torch.testing.assert_close(net(x), net(y))

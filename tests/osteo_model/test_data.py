@@ -71,3 +71,15 @@ def test_tampered_or_malformed_pool_is_a_typed_error(tmp_path):
     np.save(tmp_path / frame.loc[1, "pool_path"], np.zeros((3, 4, 4, 4), np.float32))
     with pytest.raises(PoolIntegrityError, match="osteo texture"):
         TexturePoolDataset(frame, tmp_path)[1]
+
+
+@pytest.mark.parametrize("profile", ["demo", "tiny", "paper"])
+def test_effective_voxel_keeps_the_texture_scale(profile):
+    # The encoder's voxel (ROI extent / model.input_shape) may be at most 1.5x the ingest spacing:
+    # coarser grids blur away the trabecular texture the method is about (paper: 0.75 mm ROIs as is).
+    from osteo_config import load_config
+    cfg = load_config("params.yaml", profile)
+    roi, spacing = cfg.ingest.roi_shape, cfg.ingest.spacing_mm
+    shape = cfg.model.input_shape or roi
+    effective = [n * s / m for n, s, m in zip(roi, spacing, shape)]          # mm per encoder voxel
+    assert all(e <= 1.5 * s + 1e-9 for e, s in zip(effective, spacing)), (profile, effective, spacing)

@@ -8,7 +8,11 @@ import torch.nn.functional as F
 
 from osteo_model.backbones import build_backbone
 from osteo_model.config import MoEConfig
-from osteo_model.moe import LossWeights, MoEHead, MultiTaskModel, decode_outputs, mix_experts, unified_loss
+import pytest
+
+from osteo_config.model import UnknownVendorError, device_index
+from osteo_model.moe import (LossWeights, MoEHead, MultiTaskModel, MultiTaskObjective, decode_outputs, mix_experts,
+                             unified_loss)
 
 
 def test_gate_weights_sum_to_one_and_depend_on_device(moe_cfg):
@@ -30,8 +34,9 @@ def test_output_is_the_gate_weighted_sum_of_experts(moe_cfg):
     torch.manual_seed(1)
     head = MoEHead(16, moe_cfg)
     p, dev = torch.randn(5, 16), torch.tensor([0, 1, 2, 3, 0])
-    out = head(p, dev)
-    e = torch.stack([ex(p) for ex in head.experts], dim=1)      # (5, 3, 8)
+    out = head(p, dev)                                           # contrast None = the "unknown" row
+    h = p + head.contrast_embed(torch.full((5,), 2))             # C_I added to P_I before experts and gate
+    e = torch.stack([ex(h) for ex in head.experts], dim=1)      # (5, 3, 8)
     manual = sum(out["gate"][:, i:i + 1] * e[:, i] for i in range(3))
     torch.testing.assert_close(mix_experts(e, out["gate"]), manual)
     torch.testing.assert_close(out["bmd_z"], head.bmd_head(manual).squeeze(-1))
@@ -58,8 +63,8 @@ def test_each_loss_term_matches_manual_computation():
     total, parts = unified_loss(_outputs(), who, bmd, level, LossWeights(1.0, 1.0, 0.5), 0.9, 0.15)
     # L_class: CE of targets [0, 1] (osteoporosis = who 2) on the first two rows.
     l_class = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.e / (1 + math.e))) / 2
-    # L_BMD: z targets [0, 2] vs predictions [0, 1].
-    l_bmd = (0.0 + 1.0) / 2
+    # L_BMD: MSE in g/cm2 (the paper's beta): targets [0.9, 1.2] vs predictions 0.9 + 0.15 z = [0.9, 1.05].
+    l_bmd = (0.0 + 0.15 ** 2) / 2
     # L_position: -log p(level) per row: 0.5, 0.8, 1/3.
     l_pos = -(math.log(0.5) + math.log(0.8) + math.log(1 / 3)) / 3
     assert abs(parts["class"].item() - l_class) < 1e-5
@@ -88,3 +93,61 @@ def test_full_model_shapes_and_decoding(backbone_cfg, moe_cfg, dataset):
     torch.testing.assert_close(dec["score"], F.softmax(out["class_logits"], -1)[:, 1])
     torch.testing.assert_close(dec["bmd_g_cm2"], out["bmd_z"] * 0.15 + 0.9)
     assert dec["level"].min() >= 1 and dec["level"].max() <= 18
+
+
+def test_bmd_term_is_in_g_cm2_whatever_the_standardisation():
+    # beta keeps the paper's meaning: the same predicted g/cm2 gives the same L_BMD for any (center, scale).
+    bmd = torch.tensor([0.7, 1.1, 0.95])
+    pred_g = torch.tensor([0.8, 1.0, 0.95])
+    expected = ((pred_g - bmd) ** 2).mean()
+    for center, scale in ((0.9, 0.15), (1.0, 0.05), (0.0, 1.0)):
+        out = {**_outputs(), "bmd_z": (pred_g - center) / scale}
+        _, parts = unified_loss(out, torch.tensor([0, 1, 2]), bmd, torch.tensor([1, 2, 3]), LossWeights(), center, scale)
+        torch.testing.assert_close(parts["bmd"], expected)
+
+
+def test_unknown_vendor_is_a_typed_error_naming_the_known_vendors():
+    vendors = ("Hologic", "GE Lunar", "MEDIX")
+    with pytest.raises(UnknownVendorError) as err:
+        device_index(vendors, "GE")                                # a misspelling of "GE Lunar"
+    assert all(v in str(err.value) for v in vendors) and "'unknown'" in str(err.value)
+    assert device_index(vendors, "GE Lunar") == 1
+    assert device_index(vendors, "unknown") == device_index(vendors, None) == device_index(vendors, float("nan")) == 3
+    assert MoEConfig().device_index("MEDIX") == 2
+    with pytest.raises(UnknownVendorError):
+        MoEConfig().device_index("Lunar")
+
+
+def test_vendor_dropout_trains_the_unknown_device_embedding(backbone_cfg, dataset):
+    cfg = MoEConfig(n_experts=3, expert_hidden=8, vendor_dropout=0.5, contrast_dropout=0.5)
+    batch = {"pool": dataset.pool[:8], "device": torch.zeros(8, dtype=torch.long),   # all Hologic
+             "contrast": torch.zeros(8, dtype=torch.long), "who_class": dataset.who[:8], "bmd": dataset.bmd[:8],
+             "level": dataset.level[:8], "index": torch.arange(8)}
+    objective = MultiTaskObjective(cfg, seed=3)
+    device, contrast = objective.inputs(batch, step=0)
+    assert (device == 3).any() and (device == 0).any()           # some replaced by "unknown", some kept
+    assert (contrast == 2).any() and (contrast == 0).any()
+    # The draw is a function of (seed, step, dataset index): same on every rank and after a resume.
+    again, _ = MultiTaskObjective(cfg, seed=3).inputs(dict(batch), step=0)
+    assert torch.equal(device, again)
+    assert not torch.equal(device, objective.inputs(batch, step=1)[0])
+    torch.manual_seed(0)
+    model = MultiTaskModel(build_backbone(backbone_cfg), cfg)
+    loss, _ = objective(model, batch, step=0)
+    loss.backward()
+    grad = model.head.device_embed.weight.grad                   # (4, E)
+    assert grad[3].abs().sum() > 0 and grad[1:3].abs().sum() == 0   # the unknown row learns; unseen vendors do not
+    without = MultiTaskObjective(MoEConfig(n_experts=3, expert_hidden=8, vendor_dropout=0.0), seed=3)
+    assert (without.inputs(batch, step=0)[0] == 0).all()
+
+
+def test_contrast_flag_changes_the_prediction_and_is_ignored_when_disabled(backbone_cfg, dataset):
+    torch.manual_seed(0)
+    pool, dev = dataset.pool[:3], torch.zeros(3, dtype=torch.long)
+    model = MultiTaskModel(build_backbone(backbone_cfg), MoEConfig(expert_hidden=8)).eval()
+    a = model(pool, dev, contrast=torch.zeros(3, dtype=torch.long))["bmd_z"]
+    b = model(pool, dev, contrast=torch.ones(3, dtype=torch.long))["bmd_z"]
+    assert not torch.allclose(a, b)
+    off = MultiTaskModel(build_backbone(backbone_cfg), MoEConfig(expert_hidden=8, use_contrast=False)).eval()
+    torch.testing.assert_close(off(pool, dev, contrast=torch.zeros(3, dtype=torch.long))["bmd_z"],
+                               off(pool, dev, contrast=torch.ones(3, dtype=torch.long))["bmd_z"])

@@ -5,10 +5,13 @@ import hashlib
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
+from osteo_config.model import UnknownVendorError
 from osteo_config.params import load_params
-from osteo_model.pipeline import load_model, predict_frame, run_finetune, run_pretrain
+from osteo_model.data import TexturePoolDataset
+from osteo_model.pipeline import gate_metrics, load_model, position_rows, predict_frame, run_finetune, run_pretrain
 from osteo_config import Config
 
 
@@ -49,3 +52,37 @@ def test_pretrain_finetune_predict_round_trip(tmp_path):
     odd = frame.index % 2 == 1                                     # GE Lunar rows change when asked as Hologic
     assert not np.allclose(as_hologic.loc[odd, "bmd_pred"], pred.loc[odd, "bmd_pred"])
     np.testing.assert_allclose(as_hologic.loc[~odd, "bmd_pred"], pred.loc[~odd, "bmd_pred"], rtol=1e-6)
+
+
+def test_position_task_sees_all_levels_of_the_pretraining_set():
+    # DXA labels only L1-L4 (13-16): without the unlabelled levels L_position is a 4-way task.
+    labelled = pd.DataFrame({"level": [13, 14, 15, 16] * 5, "who_class": 1, "bmd_g_cm2": 0.9})
+    pretrain = pd.DataFrame({"level": list(range(1, 19)) * 4, "who_class": 0, "bmd_g_cm2": 1.0, "t_score": 0.0})
+    rows = position_rows(pretrain, len(labelled), extra=1.5, seed=3)
+    assert len(rows) == 30 and rows["level"].nunique() > 4 and not set(rows["level"]) <= {13, 14, 15, 16}
+    assert not {"who_class", "bmd_g_cm2", "t_score"} & set(rows.columns)      # L_position only
+    assert rows.equals(position_rows(pretrain, len(labelled), extra=1.5, seed=3))   # seeded
+    assert position_rows(pretrain, len(labelled), extra=0.0, seed=3).empty
+    assert len(position_rows(pretrain, len(labelled), extra=100.0, seed=3)) == len(pretrain)
+
+
+def test_vendor_error_unknown_embedding_and_gate_metrics(tmp_path):
+    params = load_params("params.yaml", "tiny")
+    params["model"]["backbone"] = {"name": "compact", "widths": [8, 16], "stem_width": 8, "embed_dim": 16}
+    params["train"]["finetune"].update(epochs=1, batch_size=4)
+    params["train"].update(device="cpu")
+    frame = _frame(tmp_path)
+    fine = run_finetune(Config.from_params(params).experiment(), frame, tmp_path, tmp_path / "fine")
+    model, norm, mcfg, _ = load_model(fine.bundle)
+    with pytest.raises(UnknownVendorError, match="GE Lunar"):
+        predict_frame(model, norm, frame, tmp_path, mcfg.moe, vendor="GE", device="cpu")
+    with pytest.raises(UnknownVendorError):
+        TexturePoolDataset(frame.assign(device_vendor="Lunar"), tmp_path)
+    unknown = predict_frame(model, norm, frame, tmp_path, mcfg.moe, vendor="unknown", device="cpu", gates=True)
+    assert unknown["score"].between(0, 1).all()
+    pred = predict_frame(model, norm, frame, tmp_path, mcfg.moe, device="cpu", gates=True)
+    gates = gate_metrics(pred, frame["device_vendor"])
+    n = mcfg.moe.n_experts
+    for vendor, count in (("Hologic", 4), ("GE_Lunar", 4)):
+        assert gates[f"gate_valid_{vendor}_n"] == count
+        assert abs(sum(gates[f"gate_valid_{vendor}_e{i}"] for i in range(n)) - 1.0) < 1e-5   # gates sum to 1

@@ -102,3 +102,33 @@ def test_amp_on_cuda_trains_with_finite_loss(tmp_path, backbone_cfg, swav_cfg, m
     result = fit(model, objective, dataset, cfg, tmp_path, log_metrics=lambda s, m: losses.append(m["loss"]))
     assert result.steps == 3 and all(map(torch.isfinite, torch.tensor(losses)))
     assert next(result.model.parameters()).is_cuda
+
+
+class _PidPools(torch.utils.data.Dataset):
+    """Items carry the id of the process that produced them (a worker's pool cache lives there)."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        import os
+        return {**self.base[i], "pid": torch.tensor(os.getpid())}
+
+
+def test_loader_workers_persist_across_epochs_so_their_pool_cache_survives(tmp_path, backbone_cfg, moe_cfg, train_cfg,
+                                                                          dataset):
+    # A per-process cache (TexturePoolDataset cache=True) is only reused if the same workers serve every epoch.
+    model, objective = _make("moe", backbone_cfg, swav_cfg=None, moe_cfg=moe_cfg)
+    pids: dict[int, set[int]] = {}
+
+    def spy(m, batch, step):
+        pids.setdefault(step // 3, set()).update(int(p) for p in batch["pid"])      # 3 steps per epoch
+        return objective(m, batch, step)
+
+    cfg = dataclasses.replace(train_cfg, epochs=3, num_workers=2)
+    fit(model, spy, _PidPools(dataset), cfg, tmp_path)
+    assert sorted(pids) == [0, 1, 2] and len(pids[0]) == 2
+    assert pids[0] == pids[1] == pids[2]
