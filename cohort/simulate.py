@@ -23,7 +23,7 @@ from cohort.dxa import level_bmc_area
 from cohort.faults import assign_faults, corrupt_file, drop_level, perturb_mask_affine
 from cohort.plan import (FAULT_STREAM, NETWORK_STREAM, RENDER_STREAM, PatientPlan, plan_patient,
                          patient_rng)
-from cohort.writers import DicomMeta, reorient, save_nifti, write_dicom_series, write_mask
+from cohort.writers import DicomMeta, reorient, save_nifti, write_dicom_series, write_mask, write_synthetic_marker
 
 MARKER = ".cohort_simulated"
 STUDY_COLUMNS = ["mrn", "site", "scanner", "accession_number", "study_instance_uid", "study_date", "contrast",
@@ -199,6 +199,7 @@ def run_cohort(cfg: CohortConfig, raw_dir: Path, truth_dir: Path, sites: list[st
         raw_dir / "ct_studies.csv", index=False)
     dxa = pd.DataFrame([r for p in plans for r in p.dxa_rows])
     dxa.to_csv(raw_dir / "dxa.csv", index=False)
+    write_synthetic_marker(raw_dir)
     pd.DataFrame([r for res in results for r in res[1]]).to_parquet(truth_dir / "truth.parquet", index=False)
     faults = pd.DataFrame([{"accession_number": st.accession, "fault": st.fault} for st in studies if st.fault],
                           columns=["accession_number", "fault"])

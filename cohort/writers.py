@@ -157,3 +157,21 @@ def write_dicom_series(out_dir: Path, hu: np.ndarray, affine: np.ndarray, meta: 
         ds.PixelData = arr.tobytes()
         ds.save_as(out_dir / f"IM{n + 1:04d}.dcm", enforce_file_format=True)
     return nz
+
+
+SYNTHETIC_MARKER = "SYNTHETIC_COHORT.json"        # the contract with ingestion (features/pseudonym.py)
+MARKED_TABLES = ("patients.csv", "ct_studies.csv", "dxa.csv")
+
+
+def write_synthetic_marker(raw_dir: Path) -> Path:
+    """Mark an export as the simulator's own: the SHA-256 of each table, so ingestion may use the public demo
+    key for it and for nothing else (a marker copied beside another export does not match its tables)."""
+    import hashlib
+    import json
+
+    raw_dir = Path(raw_dir)
+    digests = {name: hashlib.sha256((raw_dir / name).read_bytes()).hexdigest() for name in MARKED_TABLES}
+    out = raw_dir / SYNTHETIC_MARKER
+    out.write_text(json.dumps({"generator": "osteo-platform synthetic cohort (osteo cohort)",
+                               "tables_sha256": digests}, indent=2, sort_keys=True) + "\n")
+    return out

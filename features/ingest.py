@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -35,7 +36,7 @@ from features.errors import (CountMismatchError, DuplicateStudyError, IngestErro
                              UnknownPatientError)
 from features.io.masks import LEVEL_NAMES
 from features.io.tables import parse_date, read_raw_export
-from features.pseudonym import Pseudonymizer, age_years, load_key
+from features.pseudonym import Pseudonymizer, age_years, check_fingerprint, load_key
 from features.quarantine import QuarantineRecord, counts_by_reason, to_frame
 from features.roi import RoiSpec
 from features.study import ExpectedIdentity, StudyChecks, StudyResult, StudyTask, process_study
@@ -49,6 +50,13 @@ VERTEBRA_COLUMNS = ("patient_id", "study_id", "level", "level_name", "site", "sc
 DXA_COLUMNS = ("patient_id", "dxa_id", "site", "device_vendor", "device_model", "dxa_date", "region", "level",
                "bmd_g_cm2", "t_score", "who_class")
 PATIENT_COLUMNS = ("patient_id", "sex", "birth_year", "site")
+KEY_RECORD = "pseudonym_key_fingerprint.json"   # beside the stage folder: the workspace's key, by fingerprint
+AGE_TOP_CODE = 90                                 # HIPAA Safe Harbor: every age above 89 is reported as 90
+
+
+def safe_harbor_age(age: float) -> int:
+    """Whole years, top-coded: ages above 89 become 90 (no age stored to a fraction of a year)."""
+    return min(int(math.floor(age)), AGE_TOP_CODE)
 
 
 
@@ -90,6 +98,7 @@ class IngestSummary:
     patients: int
     elapsed_s: float = 0.0
     dicom_filtered: dict[str, int] = field(default_factory=dict)  # DICOM objects left out of series folders
+    key_fingerprint: str = ""      # which key pseudonymised this run (an HMAC of a constant; reveals nothing)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -154,15 +163,17 @@ def _check_counts(summary: IngestSummary) -> None:
 
 
 def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
-               progress: bool = True) -> IngestSummary:
+               progress: bool = True, key_record: Path | None = None) -> IngestSummary:
     """Ingest a raw export into pseudonymised ROIs and tables.
 
     Args:
         cfg: the ``ingest`` section.
         raw_dir: raw export root (``paths.raw``; PHI).
         out_dir: output root (``paths.interim``; no PHI).
-        profile: active params profile (decides whether the demo key may be used).
+        profile: active params profile (recorded in the summary).
         progress: show a tqdm progress bar.
+        key_record: where the key's fingerprint is recorded and checked (default
+            ``<out_dir>/../pseudonym_key_fingerprint.json``: outside the stage's output, so it survives re-runs).
 
     Returns:
         The run's counts (also in ``out_dir/ingest_summary.json``).
@@ -173,9 +184,10 @@ def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
     """
     t0 = time.perf_counter()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    key, key_source = load_key(cfg.key_env, cfg.key_file, cfg.allow_demo_key, profile)
+    key, key_source = load_key(cfg.key_env, cfg.key_file, cfg.allow_demo_key, raw_dir)
     if key_source == "demo":
-        log.warning("using the PUBLIC demo pseudonymisation key (profile %s): synthetic data only", profile)
+        log.warning("using the PUBLIC demo pseudonymisation key: the export is the simulator's own (marker verified)")
+    fingerprint = check_fingerprint(key, key_record or out_dir.parent / KEY_RECORD)
     pseudo = Pseudonymizer(key=key, date_shift_max_days=int(cfg.date_shift_max_days), key_source=key_source)
     raw = read_raw_export(raw_dir)
     patients = _valid_patients(raw.patients)
@@ -224,7 +236,7 @@ def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
                 patient_id=pseudo.patient_id(m["mrn"]), study_id=res.study_id, level=int(roi["level"]),
                 level_name=LEVEL_NAMES[roi["level"] - 1], site=m["site"], scanner=m["scanner"],
                 contrast=m["contrast"], ct_date=pd.Timestamp(pseudo.shift(m["mrn"], m["day"]), tz="UTC"),
-                sex=p["sex"], age_at_ct=round(age_years(p["birth_date"], m["day"]), 4),
+                sex=p["sex"], age_at_ct=safe_harbor_age(age_years(p["birth_date"], m["day"])),
                 roi_path=roi["roi_path"], roi_sha256=roi["roi_sha256"], roi_shape=list(cfg.roi_shape),
                 spacing_mm=[float(s) for s in cfg.spacing_mm],
                 **{k: roi[k] for k in ("hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95", "body_voxels")}))
@@ -244,7 +256,7 @@ def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
                           quarantined_by_reason=counts_by_reason(quarantine, kind))
 
     summary = IngestSummary(
-        profile=profile, key_source=key_source,
+        profile=profile, key_source=key_source, key_fingerprint=fingerprint,
         studies=counts("study", len(raw.ct_studies), sum(r.ok for r in results)),
         vertebrae=counts("vertebra", vert_seen, len(rows)),
         dxa=counts("dxa", len(raw.dxa), len(dxa_rows)),

@@ -14,15 +14,28 @@
   accession numbers, UIDs, raw paths, full dates.
 
 Key lookup (:func:`load_key`): the environment variable ``ingest.key_env``,
-else the file ``ingest.key_file``; else, only when ``ingest.allow_demo_key``
-is true *and* the profile is ``demo`` or ``tiny``, the public
-:data:`DEMO_KEY` (synthetic data only). Otherwise :class:`PseudonymKeyError`.
+else the file ``ingest.key_file`` (mode 0600, never group/world readable); else,
+only when ``ingest.allow_demo_key`` is true *and* the export carries the marker
+the simulator writes (:data:`SYNTHETIC_MARKER`, whose table hashes match the
+export: a marker copied beside a hospital export does not verify), the public
+:data:`DEMO_KEY`. Otherwise :class:`PseudonymKeyError`. A real key must hold at
+least :data:`MIN_KEY_BYTES` bytes and :data:`MIN_KEY_BITS` bits of estimated entropy
+(``secrets.token_hex(32)`` gives 256).
+
+Key continuity (:func:`check_fingerprint`): the key's fingerprint (an HMAC of a
+constant: it identifies the key without revealing it) is recorded on the first
+ingestion of a workspace and every later ingestion must present the same key: a
+rotated or lost key would otherwise silently re-key every patient.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import math
 import os
+import stat
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -30,9 +43,12 @@ from pathlib import Path
 from features.errors import PseudonymKeyError
 
 ID_HEX_CHARS = 20
-MIN_KEY_BYTES = 16
+MIN_KEY_BYTES = 32
+MIN_KEY_BITS = 128          # estimated entropy: byte-frequency Shannon entropy x length
 DEMO_KEY = b"osteo-platform-public-demo-key-not-secret"
-DEMO_PROFILES = frozenset({"demo", "tiny"})
+# Written by the simulator (cohort/writers.py) beside its export: {"generator", "tables_sha256": {file: sha256}}
+SYNTHETIC_MARKER = "SYNTHETIC_COHORT.json"
+MARKED_TABLES = ("patients.csv", "ct_studies.csv", "dxa.csv")
 
 _HOWTO = ("create a key with `mkdir -p ~/.config/osteo && python -c \"import secrets; "
           "print(secrets.token_hex(32))\" > ~/.config/osteo/pseudonym.key && chmod 600 "
@@ -87,20 +103,93 @@ def age_years(birth: date, on: date) -> float:
     return (on - birth).days / 365.25
 
 
-def load_key(key_env: str, key_file: str | Path, allow_demo_key: bool, profile: str) -> tuple[bytes, str]:
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_synthetic_export(raw_dir: str | Path | None) -> bool:
+    """True when ``raw_dir`` holds the simulator's marker and every marked table still has its recorded hash."""
+    if raw_dir is None:
+        return False
+    marker = Path(raw_dir) / SYNTHETIC_MARKER
+    try:
+        recorded = json.loads(marker.read_text()).get("tables_sha256") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return set(recorded) == set(MARKED_TABLES) and all(
+        (Path(raw_dir) / name).is_file() and _sha256(Path(raw_dir) / name) == digest
+        for name, digest in recorded.items())
+
+
+def key_bits(key: bytes) -> float:
+    """Estimated entropy of a key in bits (byte-frequency Shannon entropy times its length)."""
+    if not key:
+        return 0.0
+    n = len(key)
+    return -n * sum(c / n * math.log2(c / n) for c in Counter(key).values())
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A 16-hex identifier of the key (HMAC of a constant: safe to log and store, reveals nothing)."""
+    return hmac.new(key, b"osteo-platform:key-fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
+def check_fingerprint(key: bytes, record: str | Path) -> str:
+    """Record the key's fingerprint in ``record`` on first use; refuse a different key afterwards.
+
+    Returns:
+        The fingerprint.
+
+    Raises:
+        PseudonymKeyError: ``record`` holds another key's fingerprint.
+    """
+    record, fp = Path(record), key_fingerprint(key)
+    if record.is_file():
+        known = json.loads(record.read_text()).get("fingerprint")
+        if known != fp:
+            raise PseudonymKeyError(
+                f"the pseudonymisation key (fingerprint {fp}) is not the key this workspace was ingested with "
+                f"(fingerprint {known}, recorded in {record}): restore the original key; only to re-key every "
+                f"patient deliberately (new ids, new date shifts, a new workspace), delete {record}")
+        return fp
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"fingerprint": fp}) + "\n")
+    os.replace(tmp, record)
+    return fp
+
+
+def _periodic(key: bytes) -> bool:
+    """The key repeats a shorter block (``abcabc...``): its entropy estimate would overstate it."""
+    n = len(key)
+    return any(n % p == 0 and key == key[:p] * (n // p) for p in range(1, n // 2 + 1))
+
+
+def _check_strength(key: bytes, source: str, howto: str) -> None:
+    if len(key) < MIN_KEY_BYTES or key_bits(key) < MIN_KEY_BITS or _periodic(key):
+        raise PseudonymKeyError(f"the pseudonymisation key from {source} is too weak ({len(key)} bytes, "
+                                f"~{key_bits(key):.0f} bits{', a repeated block' if _periodic(key) else ''}; minimum "
+                                f"{MIN_KEY_BYTES} bytes and {MIN_KEY_BITS} bits of entropy); {howto}")
+
+
+def load_key(key_env: str, key_file: str | Path, allow_demo_key: bool, raw_dir: str | Path | None) -> tuple[bytes, str]:
     """Find the HMAC key.
 
     Args:
         key_env: environment variable name.
-        key_file: key file path (``~`` expanded); its stripped content is the key.
+        key_file: key file path (``~`` expanded); its stripped content is the key; mode must be 0600.
         allow_demo_key: allow the public demo key ...
-        profile: ... but only for profiles in :data:`DEMO_PROFILES`.
+        raw_dir: ... but only for the simulator's own export (:func:`is_synthetic_export`).
 
     Returns:
         (key bytes, source) with source ``env``, ``file`` or ``demo``.
 
     Raises:
-        PseudonymKeyError: no key, or a key shorter than :data:`MIN_KEY_BYTES`.
+        PseudonymKeyError: no key, a weak key, or a key file others can read.
     """
     howto = _HOWTO.format(env=key_env)
     value = os.environ.get(key_env, "").strip() if key_env else ""
@@ -109,15 +198,17 @@ def load_key(key_env: str, key_file: str | Path, allow_demo_key: bool, profile: 
     else:
         path = Path(str(key_file)).expanduser() if key_file else None
         if path is not None and path.is_file():
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                raise PseudonymKeyError(f"the key file {path} is readable by others (mode {mode:04o}): "
+                                        f"`chmod 600 {path}`")
             key, source = path.read_bytes().strip(), "file"
-        elif allow_demo_key and profile in DEMO_PROFILES:
+        elif allow_demo_key and is_synthetic_export(raw_dir):
             return DEMO_KEY, "demo"
         else:
-            why = ("the demo key is only allowed for profiles demo/tiny with ingest.allow_demo_key: true"
-                   if allow_demo_key else "ingest.allow_demo_key is false")
+            why = ("the demo key is only for the simulator's own export (its SYNTHETIC_COHORT.json marker "
+                   "is missing or does not match the tables)" if allow_demo_key else "ingest.allow_demo_key is false")
             raise PseudonymKeyError(
                 f"no pseudonymisation key: ${key_env} is unset and {key_file} does not exist ({why}); {howto}")
-    if len(key) < MIN_KEY_BYTES:
-        raise PseudonymKeyError(f"the pseudonymisation key from {source} has {len(key)} bytes "
-                                f"(minimum {MIN_KEY_BYTES}); {howto}")
+    _check_strength(key, source, howto)
     return key, source

@@ -19,6 +19,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from features.ingest import IngestConfig
+from cohort.writers import write_synthetic_marker
 
 SPACING = (0.8, 0.8, 1.25)          # mm, (x, y, z)
 SHAPE = (48, 56, 56)                # voxels
@@ -178,6 +179,7 @@ def write_tables(raw: Path, patients: list[dict], studies: list[dict], dxa: list
     pd.DataFrame(dxa, columns=["mrn", "patient_name", "site", "device_vendor", "device_model", "exam_date",
                                "region", "bmd_g_cm2", "t_score", "accession_number"]).to_csv(
         raw / "dxa.csv", index=False)
+    write_synthetic_marker(raw)                 # synthetic phantoms: the public demo key may pseudonymise them
 
 
 @pytest.fixture(scope="session")

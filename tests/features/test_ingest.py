@@ -191,7 +191,8 @@ def test_tables_follow_the_contract(ingested):
     dx = d[(d.patient_id == pid)].dxa_date.min()
     assert (dx - ct).days == 31
     ages = v[v.patient_id == pid].age_at_ct.unique()
-    assert np.isclose(ages.min(), (pd.Timestamp("2020-03-01") - pd.Timestamp("1950-04-03")).days / 365.25)
+    exact = (pd.Timestamp("2020-03-01") - pd.Timestamp("1950-04-03")).days / 365.25      # 69.9 years
+    assert ages.min() == int(exact) and (ages == np.floor(ages)).all()                   # whole years only
 
 
 def _phi_values(raw: Path) -> list[str]:
@@ -234,14 +235,37 @@ def test_rerun_is_identical_and_parallel_matches(ingested, tmp_path, synth):
     assert (out / "ingest_summary.json").read_text() == (tmp_path / "par" / "ingest_summary.json").read_text()
 
 
-def test_no_key_outside_demo_profiles_stops_the_run(ingested, tmp_path, synth):
+def test_the_demo_key_is_refused_for_an_export_the_simulator_did_not_mark(ingested, tmp_path, synth):
+    import shutil
+    raw = tmp_path / "raw"
+    shutil.copytree(ingested["raw"], raw)
+    (raw / "SYNTHETIC_COHORT.json").unlink()                          # a hospital export: no marker
     with pytest.raises(PseudonymKeyError, match="pseudonym.key|token_hex"):
-        run_ingest(synth.config(), ingested["raw"], tmp_path / "o", profile="paper", progress=False)
+        run_ingest(synth.config(), raw, tmp_path / "o", profile="demo", progress=False)
+    shutil.copy(ingested["raw"] / "SYNTHETIC_COHORT.json", raw)       # the marker copied beside other tables
+    with open(raw / "patients.csv", "a") as fh:
+        fh.write("M999,DOE^JOHN,1950-01-01,F,A\n")
+    with pytest.raises(PseudonymKeyError, match="marker"):
+        run_ingest(synth.config(), raw, tmp_path / "o", profile="demo", progress=False)
     assert not (tmp_path / "o").exists()
 
 
+def test_a_rotated_key_is_refused_by_its_fingerprint(ingested, tmp_path, monkeypatch, synth):
+    import secrets
+    monkeypatch.setenv("OSTEO_TEST_KEY_SET", secrets.token_hex(32))
+    cfg = synth.config(key_env="OSTEO_TEST_KEY_SET")
+    first = run_ingest(cfg, ingested["raw"], tmp_path / "ws" / "ingest", profile="paper", progress=False)
+    assert len(first.key_fingerprint) == 16
+    assert json.loads((tmp_path / "ws" / "pseudonym_key_fingerprint.json").read_text()) == {
+        "fingerprint": first.key_fingerprint}
+    monkeypatch.setenv("OSTEO_TEST_KEY_SET", secrets.token_hex(32))  # the key was rotated or lost
+    with pytest.raises(PseudonymKeyError, match="fingerprint"):
+        run_ingest(cfg, ingested["raw"], tmp_path / "ws" / "ingest", profile="paper", progress=False)
+
+
 def test_other_key_gives_other_ids(ingested, tmp_path, monkeypatch, synth):
-    monkeypatch.setenv("OSTEO_TEST_KEY_SET", "k" * 32)
+    import secrets
+    monkeypatch.setenv("OSTEO_TEST_KEY_SET", secrets.token_hex(32))
     run_ingest(synth.config(key_env="OSTEO_TEST_KEY_SET"), ingested["raw"], tmp_path / "k", profile="paper",
                progress=False)
     a = pd.read_parquet(ingested["out"] / "vertebrae.parquet")

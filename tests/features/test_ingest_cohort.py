@@ -45,7 +45,7 @@ def test_each_injected_fault_is_quarantined_with_its_reason_and_nothing_else_is(
 
     cfg = IngestConfig.from_params(params)
     summary = run_ingest(cfg, tmp_path / "raw", tmp_path / "out", profile="tiny", progress=False)
-    key, source = load_key(cfg.key_env, cfg.key_file, True, "tiny")
+    key, source = load_key(cfg.key_env, cfg.key_file, True, tmp_path / "raw")
     assert source == "demo"
     study_id = Pseudonymizer(key, cfg.date_shift_max_days).study_id
     quarantine = pd.read_parquet(tmp_path / "out" / "quarantine.parquet")
