@@ -16,7 +16,8 @@ import requests
 
 from cohort.phi import dicom_uid
 from cohort.writers import DicomMeta, write_dicom_series
-from screening.results import LevelResult, StudyResult, VendorResult
+from osteo_testing.screening_fixtures import example_study_result
+from screening.results import StudyResult
 
 ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
 DICOMWEB_PLUGINS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so")
@@ -54,22 +55,8 @@ def ct_headers(ct_series) -> list[pydicom.Dataset]:
 
 @pytest.fixture(scope="session")
 def study_result() -> StudyResult:
-    """Two measured lumbar levels and one excluded level, read as three vendors."""
-    def level(lv: int, hologic: float) -> LevelResult:
-        return LevelResult(lv, readings=(
-            VendorResult("Hologic", hologic, hologic - 0.081, hologic + 0.081, round((hologic - 0.94) / 0.105, 2),
-                         "osteopenia"),
-            VendorResult("GE Lunar", hologic + 0.12, hologic + 0.039, hologic + 0.201,
-                         round((hologic + 0.12 - 1.11) / 0.115, 2), "osteopenia"),
-            VendorResult("MEDIX", hologic + 0.06, hologic - 0.021, hologic + 0.141, -1.85, "osteopenia")))
-    return StudyResult(
-        levels=(level(13, 0.743), level(14, 0.812),
-                LevelResult(15, flags=(("suspected_fracture", "L3: suspected fracture, Genant grade 2 (moderate): "
-                                        "wedge (anterior/posterior) height reduction 31% >= 25%"),)),
-                LevelResult(16, flags=(("metal", "L4: 1.20% of body voxels above 2500 HU (limit 0.20%): "
-                                        "metal or hardware"),))),
-        model_name="osteo-screening", model_version="7", reference_version="dxa-ref-v1", interval_level=0.90,
-        screen_positive=False, score=0.31, threshold=0.42, reviewer="Dr. A. Reviewer")
+    """Two measured lumbar levels and two excluded levels, read as three vendors."""
+    return example_study_result()
 
 
 # ---------------------------------------------------------------------------- Orthanc

@@ -8,35 +8,18 @@ import pytest
 
 from features.roi import body_mask
 from osteo_config.screen import QualityConfig
+from osteo_testing.screening_fixtures import LUMBAR, synthetic_spine
 from screening.quality import FlagKind, QualityInputError, assess_vertebrae, genant_grade
 
 CFG = QualityConfig()
 SPACING = (1.0, 1.0, 1.0)
-LEVELS = (13, 14, 15, 16, 17)                   # L1..L5
-HEIGHT, GAP, TOP = 24, 8, 10                    # body height, disc (mm = voxels), margin above L1
-SHAPE = (64, 64, TOP + len(LEVELS) * (HEIGHT + GAP) + 10)
+LEVELS = LUMBAR
+HEIGHT = 24
+SHAPE = (64, 64, 180)
 
 
-def spine(arch: bool = False, heights: dict[int, int] | None = None
-          ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, int]]]:
-    """(levels, ct, level -> (z_bottom, z_top)): elliptic-cylinder bodies 40 x 30 x 24 mm, L1 on top."""
-    x, y = np.meshgrid(np.arange(SHAPE[0]), np.arange(SHAPE[1]), indexing="ij")
-    disc = ((x - 32) / 20.0) ** 2 + ((y - 38) / 15.0) ** 2 <= 1.0          # body: y 23..53 (anterior = +y)
-    ring = (((x - 32) / 12.0) ** 2 + ((y - 14) / 9.0) ** 2 <= 1.0) & \
-           (((x - 32) / 8.0) ** 2 + ((y - 14) / 6.0) ** 2 > 1.0)             # arch around a canal behind the body
-    stem = (np.abs(x - 32) <= 6) & (y >= 20) & (y <= 24)                    # pedicles joining arch and body
-    levels = np.zeros(SHAPE, np.int16)
-    ct = np.full(SHAPE, 40.0, np.float32)                                    # soft tissue
-    spans = {}
-    for i, lv in enumerate(LEVELS):
-        z1 = SHAPE[2] - TOP - i * (HEIGHT + GAP)
-        z0 = z1 - (heights or {}).get(lv, HEIGHT)
-        levels[:, :, z0:z1][disc] = lv
-        if arch:
-            levels[:, :, z0 + 4:z1 - 4][ring | stem] = lv
-        spans[lv] = (z0, z1)
-    ct[levels > 0] = 180.0
-    return levels, ct, spans
+def spine(arch: bool = False, heights: dict[int, int] | None = None):
+    return synthetic_spine(SHAPE, HEIGHT, levels=LEVELS, heights=heights, arch=arch)
 
 
 def kinds(report) -> dict[int, set[str]]:
