@@ -500,7 +500,7 @@ def demo(ctx: typer.Context) -> None:
         typer.echo(f"  training table: {features['rows']} labelled vertebrae {features['by_split']}")
     _print_retrain_summary(result, params)
     typer.echo(f"== done in {time.perf_counter() - t0:.0f} s")
-    from osteo_config.params import resolve_tracking_uri
+    from osteo_config import resolve_tracking_uri
 
     uri = resolve_tracking_uri(params.get("tracking"))
     typer.echo(f"Compare runs in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
