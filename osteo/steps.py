@@ -119,16 +119,20 @@ def train_pretrain(cfg: Config, method: str | None = None, tracking: bool = True
     Methods without pretraining (``scratch``) write nothing and return ``{"encoder": None}``.
     """
     from osteo_model.stages import run_pretrain_stage
+    from osteo_model.train import distributed_from_env
 
-    return run_pretrain_stage(cfg.experiment(), train_method(cfg, method), cfg.paths.models, tracking=tracking)
+    with distributed_from_env(cfg.pretrain.device):             # torchrun: DDP, rank 0 writes
+        return run_pretrain_stage(cfg.experiment(), train_method(cfg, method), cfg.paths.models, tracking=tracking)
 
 
 def train_finetune(cfg: Config, method: str | None = None, tracking: bool = True) -> dict:
     """Fine-tune, pick the validation operating point, score valid/test (``run_finetune_stage``) → ``<metrics>/train.json``."""
     from osteo_model.stages import run_finetune_stage
+    from osteo_model.train import distributed_from_env
 
-    return run_finetune_stage(cfg.experiment(), train_method(cfg, method), cfg.paths.models,
-                              cfg.paths.metrics / "train.json", tracking=tracking)
+    with distributed_from_env(cfg.finetune.device):             # torchrun: DDP, rank 0 writes
+        return run_finetune_stage(cfg.experiment(), train_method(cfg, method), cfg.paths.models,
+                                  cfg.paths.metrics / "train.json", tracking=tracking)
 
 
 def ablation(cfg: Config, arms: list[str] | None = None, out_md: Path = Path("docs/results.md"),

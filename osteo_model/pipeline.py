@@ -25,7 +25,6 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from osteo_config.experiment import ExperimentSpec
@@ -39,7 +38,8 @@ from osteo_model.moe import MultiTaskModel, MultiTaskObjective, decode_outputs, 
 from osteo_model.norm import ChannelNorm
 from osteo_model.operating_point import OperatingPoint, operating_point_path
 from osteo_model.swav import SwAVModel, SwAVObjective
-from osteo_model.train import MetricsCallback, Objective, fit, resolve_device, seed_everything
+from osteo_model.train import (MetricsCallback, Objective, barrier, fit, rank, resolve_device, seed_everything,
+                               world_size)
 
 # Feast FeatureService whose texture pools the model reads: the contract between features/ and osteo_model/
 SCREENING_FEATURE_SERVICE = "osteo_screening_v1"
@@ -84,11 +84,6 @@ def _dataset(frame: pd.DataFrame, root: Path, norm: ChannelNorm, mcfg: ModelConf
     """Training dataset: normalised, resampled to ``model.input_shape``, cached after the first epoch."""
     return TexturePoolDataset(frame, root, norm, device_vendors=mcfg.moe.device_vendors,
                               input_shape=mcfg.input_shape, cache=cache)
-
-
-def world_size() -> int:
-    """Processes of the current torch.distributed job (1 without one)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def check_queue(n_prototypes: int, queue_length: int, batch_size: int) -> None:
@@ -139,8 +134,10 @@ def run_pretrain(spec: ExperimentSpec, frame: pd.DataFrame, interim_dir: Path, o
               params_digest=_digest(spec, method), extra_state={"norm": norm.state_dict(), "method": method},
               log_metrics=log_metrics, resume=resume)
     bundle = Path(out_dir) / "encoder.pt"
-    torch.save({"encoder": res.model.encoder.state_dict(), "norm": norm.state_dict(), "method": method,
-                "model_config": mcfg.to_dict(), "steps": res.steps}, bundle)
+    if rank() == 0:                                           # under DDP every rank holds the same weights
+        torch.save({"encoder": res.model.encoder.state_dict(), "norm": norm.state_dict(), "method": method,
+                    "model_config": mcfg.to_dict(), "steps": res.steps}, bundle)
+    barrier()                                                 # the other ranks may read it next
     return StageResult(bundle, res.steps, res.last_metrics)
 
 
@@ -171,8 +168,10 @@ def run_finetune(spec: ExperimentSpec, train_frame: pd.DataFrame, interim_dir: P
     res = fit(model, objective or MultiTaskObjective(mcfg.moe, tcfg.seed), dataset, tcfg, Path(out_dir), params_digest=_digest(spec, tag),
               extra_state={"norm": norm.state_dict(), "init": tag}, log_metrics=log_metrics, resume=resume)
     bundle = Path(out_dir) / "model.pt"
-    torch.save({"state_dict": res.model.state_dict(), "norm": norm.state_dict(), "model_config": mcfg.to_dict(),
-                "init": tag, "io": io_contract(spec.geometry), "steps": res.steps}, bundle)
+    if rank() == 0:
+        torch.save({"state_dict": res.model.state_dict(), "norm": norm.state_dict(), "model_config": mcfg.to_dict(),
+                    "init": tag, "io": io_contract(spec.geometry), "steps": res.steps}, bundle)
+    barrier()
     return StageResult(bundle, res.steps, res.last_metrics)
 
 

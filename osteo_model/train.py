@@ -22,8 +22,11 @@ or anything else plugs in there.
 from __future__ import annotations
 
 import math
+import os
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -78,13 +81,52 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available (``LOCAL_RANK``'s GPU under DDP), else CPU."""
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    local_rank = int(__import__("os").environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     return torch.device("cuda", local_rank)
 
 
 def _dist_info() -> tuple[bool, int, int]:
     on = dist.is_available() and dist.is_initialized()
     return on, (dist.get_rank() if on else 0), (dist.get_world_size() if on else 1)
+
+
+def rank() -> int:
+    """This process's rank in the torch.distributed job (0 without one): only rank 0 writes files and runs."""
+    return _dist_info()[1]
+
+
+def world_size() -> int:
+    """Processes of the current torch.distributed job (1 without one)."""
+    return _dist_info()[2]
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group): e.g. until rank 0 has written a bundle."""
+    if _dist_info()[0]:
+        dist.barrier()
+
+
+@contextmanager
+def distributed_from_env(device: str = "auto"):
+    """Initialise the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1), destroy it on exit.
+
+    ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` / ``MASTER_PORT`` (the
+    ``env://`` rendezvous). Backend: NCCL when training runs on CUDA (``train.device``), else gloo.
+    Without those variables, or with a group already initialised, this does nothing.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available() or dist.is_initialized():
+        yield
+        return
+    on_cuda = resolve_device(device).type == "cuda"
+    if on_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    # Rank 0 evaluates and logs between the stage's last two barriers: allow it hours, not the 30 min default.
+    dist.init_process_group("nccl" if on_cuda else "gloo", timeout=timedelta(hours=2))
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
