@@ -33,6 +33,7 @@ class ExperimentSpec:
         run_params: the flattened params logged on the MLflow parent run.
         model_digest: hash of the ``model`` + ``train`` sections (checkpoint signature, ``params_hash`` tag).
         texture_digest: hash of the ``texture`` section (part of the data version).
+        interval_level / drift_bins: what the serving references stored with the model are fitted at.
     """
 
     model: ModelConfig
@@ -47,3 +48,5 @@ class ExperimentSpec:
     run_params: Mapping[str, str]
     model_digest: str
     texture_digest: str
+    interval_level: float = 0.90   # split-conformal coverage of the BMD interval stored with the model (screen.interval_level)
+    drift_bins: int = 10           # quantile bins of the stored drift reference (screen.drift.bins)

@@ -25,6 +25,7 @@ from osteo_config.ingest import IngestConfig
 from osteo_config.model import ModelConfig, TrainConfig
 from osteo_config.params import DEFAULT_PARAMS, deep_merge, load_params, params_hash
 from osteo_config.registry import GatesConfig, RegistryConfig
+from osteo_config.screen import ScreenConfig
 from osteo_config.splits import SplitConfig
 from osteo_config.store import FeatureStoreConfig
 from osteo_config.texture import TextureConfig
@@ -133,6 +134,7 @@ class Config:
     tracking: TrackingConfig
     registry: RegistryConfig
     gates: GatesConfig
+    screen: ScreenConfig
     values: Mapping[str, Any] = field(repr=False, compare=False)   # merged params, read-only: hashing/logging only
     source: Path = DEFAULT_PARAMS
 
@@ -148,7 +150,7 @@ class Config:
                    finetune=TrainConfig.from_params(params, "finetune"), method=str(train.get("method", "tp_swav")),
                    evaluate=EvaluateConfig.from_params(params), tracking=TrackingConfig.from_params(params),
                    registry=RegistryConfig.from_params(params), gates=GatesConfig.from_params(params),
-                   values=_freeze(params), source=Path(source))
+                   screen=ScreenConfig.from_params(params), values=_freeze(params), source=Path(source))
 
     def as_dict(self) -> dict[str, Any]:
         """The merged params as plain data (a copy), for the shell: printing them, Prefect settings."""
@@ -191,7 +193,8 @@ class Config:
                               evaluate=self.evaluate, tracking=self.tracking, data=self.paths.data_paths(),
                               profile=self.profile, seed=int(train.get("seed", self.finetune.seed)),
                               geometry=_freeze(self.io_geometry()), run_params=_freeze(self.tracked_params()),
-                              model_digest=self.digest("model", "train"), texture_digest=self.digest("texture"))
+                              model_digest=self.digest("model", "train"), texture_digest=self.digest("texture"),
+                              interval_level=self.screen.interval_level, drift_bins=self.screen.drift.bins)
 
 
 def load_config(path: str | Path = DEFAULT_PARAMS, profile: str | None = None,

@@ -119,7 +119,7 @@ class ReferenceTables:
 
 @dataclass(frozen=True)
 class DriftConfig:
-    """Per-feature drift of a batch vs the model's training distribution (screening/drift.py)."""
+    """Per-feature drift of a batch vs the model's training distribution (osteo_model/drift.py)."""
 
     bins: int = 10                 # quantile bins of the stored reference, >= 2
     psi_warn: float = 0.10         # PSI at or above which a feature is `warn`

@@ -31,6 +31,7 @@ from osteo_model.methods import DEEP, METHODS, PRETRAINED, fit_method
 from osteo_model.operating_point import (OperatingPoint, ThresholdChoice, choose_operating_point, fixed_choice,
                                          operating_point_path)
 from osteo_model.pipeline import run_pretrain
+from osteo_model.references import fit_references
 from osteo_model.tracking import Tracker, code_version, data_version
 
 PRED_COLUMNS = ("vertebra_id", "patient_id", "split", "site", "scanner", "contrast", "sex", "age_at_ct", "level",
@@ -164,9 +165,15 @@ def _run(spec: ExperimentSpec, method: str, frames: Frames, out: Path, tracker: 
         else:
             op = OperatingPoint(fixed_choice(fitted.fixed_threshold))
         threshold = op.threshold
+        serving: dict[str, Any] = {}
         if fitted.model_path is not None:
             op.save(operating_point_path(fitted.model_path))      # written once, beside the untouched bundle
-        metrics = {"method": method, "threshold": threshold,
+            serving = fit_references(fitted.model_path, frames.train, valid, test, spec.interval_level,
+                                     spec.drift_bins)
+            interval = serving.get("interval") or {}
+            tracker.log_metrics({f"bmd_interval.{k}": v for k, v in interval.items()
+                                 if k in ("half_width", "test_coverage", "level")})
+        metrics = {"method": method, "threshold": threshold, "serving": serving,
                    "threshold_choice": None if choice is None else choice.__dict__,
                    "valid": E.evaluate_predictions(valid, spec.evaluate, threshold),
                    "test": E.evaluate_predictions(test, spec.evaluate, threshold), "timings": timings}

@@ -220,10 +220,10 @@ class Tracker:
             return None
         import mlflow
 
-        from osteo_model.operating_point import operating_point_path
+        from osteo_model.references import serving_files
         from osteo_model.serving import ScreeningPyfunc, pyfunc_requirements, pyfunc_signature
         signature, example, contract = pyfunc_signature(bundle)
-        artifacts = {"bundle": str(bundle), "operating_point": str(operating_point_path(bundle))}
+        artifacts = serving_files(bundle)                # bundle + operating point, BMD interval, drift reference
         info = mlflow.pyfunc.log_model(name=name, python_model=ScreeningPyfunc(), artifacts=artifacts,
                                        signature=signature, input_example=(example, {"device_vendor": "Hologic"}),
                                        pip_requirements=pyfunc_requirements(), metadata={"io_contract": contract})

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cohort.writers import write_synthetic_marker
 
 REPO = Path(__file__).resolve().parents[2]
 OSTEO = [sys.executable, "-m", "osteo.cli"]
@@ -109,6 +110,7 @@ def test_flow_fails_on_bad_data_before_the_feature_store(tmp_path, raw_export):
     # physically implausible lumbar BMD: inside ingestion's parse range, outside the GE suite's 0.3-2.0 g/cm2
     dxa.loc[dxa.index[::2], "bmd_g_cm2"] = "2.2"
     dxa.to_csv(wd / "data" / "raw" / "dxa.csv", index=False)
+    write_synthetic_marker(wd / "data" / "raw")   # still the simulator's synthetic export, with planted faults
     res = _flow(wd)
     assert res.returncode == 1
     assert "materialize_features: FAILED" in res.stdout

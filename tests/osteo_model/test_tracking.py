@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from osteo_model.companion import PlattCalibration, patient_max, select_threshold
 from osteo_model.experiment import assemble_frames, run_training
-from osteo_model.pipeline import load_model, predict_frame
+from osteo_model.pipeline import load_model, position_rows, predict_frame
 from osteo_model.tracking import file_sha256, flatten
 from osteo_config import Config
 
@@ -66,7 +66,10 @@ def test_parent_and_stage_runs_carry_tags_params_and_data_version(tracked):
 def test_per_step_losses_and_per_site_validation_metrics_are_logged(tracked):
     params, result, client, _ = tracked
     children = _children(client, result.run_id)
-    n_train = len(assemble_frames(Config.from_params(params).paths.data_paths()).train)
+    cfg = Config.from_params(params)
+    frames = assemble_frames(cfg.paths.data_paths())
+    n_position = len(position_rows(frames.unlabeled, len(frames.train), cfg.model.moe.position_extra, cfg.finetune.seed))
+    n_train = len(frames.train) + n_position                                     # labelled + L_position-only rows
     history = client.get_metric_history(children["finetune"].info.run_id, "loss")
     assert [m.step for m in history] == list(range(1, -(-n_train // 8) + 1))    # one point per optimizer step
     assert client.get_metric_history(children["pretrain"].info.run_id, "loss_ssl")
@@ -119,9 +122,15 @@ def test_stored_threshold_is_the_validation_choice(tracked):
     raw = predict_frame(model, norm, frames.valid, frames.root, mcfg.moe, input_shape=mcfg.input_shape)["score"]
     labels = (frames.valid["who_class"] == 2).to_numpy().astype(int)
     assert mcfg.companion.calibrate and mcfg.companion.threshold_level == "patient"     # as the fixture set
-    cal = PlattCalibration.fit(raw.to_numpy(), labels)                                  # fitted on valid only
-    assert state["calibration"] == pytest.approx({"a": cal.a, "b": cal.b})
-    p_scores, p_labels = patient_max(cal.apply(raw.to_numpy()), labels, frames.valid["patient_id"].to_numpy())
+    try:
+        cal = PlattCalibration.fit(raw.to_numpy(), labels)                              # fitted on valid only
+    except ValueError:                    # a model that does not rank valid: stored uncalibrated, the gates judge it
+        cal = None
+        assert state["calibration"] is None
+    else:
+        assert state["calibration"] == pytest.approx({"a": cal.a, "b": cal.b})
+    scores = raw.to_numpy() if cal is None else cal.apply(raw.to_numpy())
+    p_scores, p_labels = patient_max(scores, labels, frames.valid["patient_id"].to_numpy())
     choice = select_threshold(p_scores, p_labels, mcfg.companion.min_sensitivity)     # patient-level constraint
     assert state["threshold"]["threshold"] == pytest.approx(choice.threshold)
     assert state["threshold"]["n_pos"] + state["threshold"]["n_neg"] == frames.valid["patient_id"].nunique()
@@ -129,6 +138,8 @@ def test_stored_threshold_is_the_validation_choice(tracked):
     metrics = json.loads((root / "out" / "metrics.json").read_text())
     assert metrics["threshold"] == pytest.approx(choice.threshold)
     assert {"site_A", "pooled"} <= set(metrics["test"]) and metrics["valid"]["threshold"] == metrics["threshold"]
+    assert (result.model_path.parent / "drift_reference.json").is_file()              # serving references beside it
+    assert "interval" in metrics["serving"] and metrics["serving"]["drift_features"]
 
 
 def test_flatten_renders_nested_sections_with_dotted_keys():

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import ks_2samp
 
 from osteo_config.screen import DriftConfig
-from screening.drift import DriftError, DriftReference, drift_verdict, psi
+from osteo_model.drift import DriftError, DriftReference, drift_verdict, psi
 
 CFG = DriftConfig()
 

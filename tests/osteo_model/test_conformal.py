@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from screening.conformal import (ConformalError, ConformalInterval, conformal_rank, coverage, fit_conformal,
+from osteo_model.conformal import (ConformalError, ConformalInterval, conformal_rank, coverage, fit_conformal,
                                  predict_interval)
 
 
