@@ -1,9 +1,9 @@
-"""The `osteo` command line: one sub-command per pipeline step.
+"""The `osteo` command line: one sub-command per pipeline step (the outermost shell).
 
-DVC stages run these commands; Prefect tasks call the same functions of
-:mod:`osteo.steps`. Commands only print what a step returned: nothing here
-holds step logic. Heavy imports happen inside each step so `osteo --help`
-stays instant.
+The configuration is parsed once here (:func:`osteo_config.load_config`); each command hands it to
+:mod:`osteo.steps`. DVC stages run these commands and the Prefect flows run the DVC stages
+(:mod:`osteo.cli_flows`); summaries are printed by :mod:`osteo.summary`. Nothing here holds step
+logic; heavy imports happen inside each step so `osteo --help` stays instant.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import typer
 
 from osteo import steps
 from osteo_config import Config, ConfigError, load_config
+from osteo.summary import _echo_latency, _echo_materialize, _echo_promotion, _echo_training_table
 
 app = typer.Typer(
     add_completion=False,
@@ -124,24 +125,6 @@ def validate(
         raise typer.Exit(code=1)
 
 
-# --- feature store -------------------------------------------------------------
-def _echo_materialize(s) -> None:
-    typer.echo("materialize: rows written " + ", ".join(f"{k}={v}" for k, v in s.rows_written.items())
-               + f" (offline: ct={s.ct_rows}, dxa={s.dxa_rows}, duplicate DXA dropped={s.dxa_duplicates_dropped})")
-
-
-def _echo_training_table(s, window_days: int) -> None:
-    p = s.pairing
-    typer.echo(f"training table: {s.rows} labelled vertebrae; by split {s.by_split}; by site {s.by_site}")
-    typer.echo(f"  pairing: vertebrae at L1-L4 {p.get('at_label_levels')}, paired {p.get('paired')}, "
-               f"excluded by the ±{window_days}-day rule {p.get('anchors_excluded_by_window')} "
-               f"(candidate CT/DXA pairs outside the window: {p.get('pairs_outside_window')})")
-
-
-def _echo_latency(lat) -> None:
-    typer.echo(f"online read latency ({lat.backend}, {lat.n} look-ups): p50 {lat.p50_ms:.2f} ms, p99 {lat.p99_ms:.2f} ms")
-
-
 @features_app.command("materialize")
 def features_materialize(ctx: typer.Context, full: bool = typer.Option(False, help="Reload every row.")) -> None:
     """Apply the Feast repository and materialize incrementally to the online store."""
@@ -233,24 +216,6 @@ def evaluate(ctx: typer.Context, no_tracking: bool = _NO_TRACK) -> None:
     typer.echo(f"metrics {out['evaluate_json']}; report {out['report']}; MLflow run {out['run_id'] or '-'}")
 
 
-def _echo_promotion(out: dict[str, Any]) -> None:
-    name, version = out["model_name"], out["version"]
-    if out["state"] == "promoted":
-        prev = out.get("previous_champion")
-        typer.echo(f"{name} v{version}: PROMOTED to champion" + (f" (previous-champion v{prev})" if prev else ""))
-    else:
-        champ = out.get("champion")
-        typer.echo(f"{name} v{version}: REJECTED; it stays registered (status refused), champion "
-                   + (f"stays v{champ}" if champ else "unset"))
-        for g in out["failed_gates"]:
-            typer.echo(f"  failed gate {g['gate']} ({g['kind']}) {g['scope']}/{g['level']} {g['metric']}: "
-                       f"value {g['value']} vs bound {g['bound']}" + (f" ({g['note']})" if g.get("note") else ""))
-        for r in out["reasons"]:
-            if not r.startswith("gate failed:"):
-                typer.echo(f"  refused: {r}")
-    typer.echo(f"aliases: {out['aliases']}  (actor {out['actor']}; audit event {out['event_seq']})")
-
-
 @registry_app.command("promote")
 def registry_promote(
     ctx: typer.Context,
@@ -325,158 +290,6 @@ def registry_status(ctx: typer.Context) -> None:
                 for k in ("sen", "spe", "f1", "auroc")))
 
 
-# --- flows and the main job -------------------------------------------------------
-@flow_app.command("materialize")
-def flow_materialize(
-    ctx: typer.Context,
-    cohort: bool = typer.Option(False, help="Run the cohort stage first (the synthetic export)."),
-) -> None:
-    """Prefect flow: (cohort ->) ingest -> texture -> validate -> splits -> materialize -> training table,
-    each a DVC stage (DVC re-runs only what changed; `dvc status` is clean afterwards)."""
-    params = _params(ctx)
-    run_materialize_flow, kwargs = _flow_runner(ctx)
-    result = run_materialize_flow(**kwargs, cohort=cohort)
-    _print_flow_summary(result, params)
-    if result["state"] != "completed":
-        raise typer.Exit(code=1)
-    ctx.invoke(features_latency, ctx, n=None)  # a measurement of the store the flow built, not a pipeline stage
-
-
-def _flow_runner(ctx: typer.Context, name: str = "materialize"):
-    """Configure Prefect, check the profile, import the flow: returns ``(runner, kwargs)``.
-
-    The flows run DVC stages, which read params.yaml's ``profile:``; a ``--profile`` / ``$OSTEO_PROFILE``
-    that differs is refused here (exit 1) with what to do, before any stage runs.
-    """
-    import os
-
-    from flows.runtime import configure_prefect
-    from flows.stages import ProfileMismatchError, check_profile
-
-    root = ctx.find_root().params
-    params_file = Path(root.get("params_file") or "params.yaml")
-    requested = root.get("profile") or os.environ.get("OSTEO_PROFILE") or None
-    try:
-        profile = check_profile(Path.cwd(), params_file, requested)
-    except ProfileMismatchError as exc:
-        _fail(exc)
-    configure_prefect(_params(ctx))  # before Prefect is imported
-    kwargs = {"params_file": str(params_file), "profile": profile, "repo": str(Path.cwd())}
-    if name == "retrain":
-        from flows.retrain import run_retrain_flow
-
-        return run_retrain_flow, kwargs
-    from flows.materialize import run_materialize_flow
-
-    return run_materialize_flow, kwargs
-
-
-@flow_app.command("retrain")
-def flow_retrain(
-    ctx: typer.Context,
-    materialize: bool = typer.Option(True, help="Run the materialize_features subflow first."),
-    cohort: bool = typer.Option(False, help="With the subflow: run the cohort stage first (the synthetic export)."),
-    reason: Optional[str] = typer.Option(None, help="Why (recorded in the promotion log when promote runs)."),
-) -> None:
-    """Prefect flow: features -> pretrain -> finetune -> evaluate -> promote, each a DVC stage.
-
-    Exit 0 when a version is promoted, 3 when it is rejected by the gates, 1 when the flow failed.
-    """
-    params = _params(ctx)
-    run_retrain_flow, kwargs = _flow_runner(ctx, "retrain")
-    result = run_retrain_flow(**kwargs, materialize=materialize, cohort=cohort, reason=reason)
-    _print_retrain_summary(result, params)
-    raise typer.Exit(code={"promoted": 0, "rejected": 3}.get(result["state"], 1))
-
-
-@app.command()
-def deploy(ctx: typer.Context) -> None:
-    """Serve the scheduled `retrain` deployment (cron flows.retrain.cron, one run at a time) until interrupted.
-
-    Against a Prefect server: `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api osteo deploy.
-    """
-    params = _params(ctx)
-    _, kwargs = _flow_runner(ctx, "retrain")
-    from prefect import serve
-
-    from flows.retrain import deployment
-
-    dep = deployment(params.get("flows") or {}, kwargs["profile"], kwargs["params_file"], kwargs["repo"])
-    typer.echo(f"serving deployment retrain-scheduled/{dep.name} (cron '{params['flows']['retrain']['cron']}' UTC, "
-               f"concurrency limit {dep.concurrency_limit}); Ctrl-C stops it")
-    serve(dep)
-
-
-def _print_retrain_summary(result: dict[str, Any], params: dict[str, Any]) -> None:
-    """One screen: the retrain flow's outcome, per-site test metrics, gates and aliases (from the stages' files)."""
-    typer.echo(f"flow retrain: {result['state'].upper()}")
-    if result.get("message") and result["state"] != "rejected":  # a rejection's gates are listed below
-        typer.echo(f"  {result['message']}")
-    if result.get("stages"):
-        typer.echo("  stages: " + ", ".join(f"{k} {'ran' if v['ran'] else 'skipped'}"
-                                             for k, v in result["stages"].items()))
-    if "finetune" in result:
-        f = result["finetune"]
-        typer.echo(f"  model: method {f.get('method')}, threshold {f.get('threshold'):.4f} (chosen on valid, "
-                   f"sensitivity >= {params['model']['companion']['min_sensitivity']}); MLflow run {f.get('run_id')}")
-    ev = result.get("evaluate") or {}
-    table = ev.get("per_site") or []
-    if not table and ev.get("metrics_file") and Path(ev["metrics_file"]).is_file():
-        from osteo_model.evaluate import site_table
-
-        table = site_table(json.loads(Path(ev["metrics_file"]).read_text()))
-    if table:
-        typer.echo("  test split, patient level (any-vertebra rule), [95% patient-bootstrap CI]:")
-        for line in steps.format_site_table(table).splitlines():
-            typer.echo("    " + line)
-    prom = result.get("promotion") or {}
-    if prom:
-        typer.echo(f"  registry: {params['registry']['model_name']} v{prom.get('version')} {prom.get('state').upper()}; "
-                   f"aliases {prom.get('aliases') or '{} (no champion yet)'}")
-        for g in prom.get("failed_gates") or []:
-            bound = g.get("bound") or [None, None]
-            bound = bound if isinstance(bound, list) else [bound, None]
-            rule = " and ".join(x for x in (f">= {bound[0]:g}" if bound[0] is not None else "",
-                                            f"<= {bound[1]:g}" if len(bound) > 1 and bound[1] is not None else "") if x)
-            value = g.get("value")
-            typer.echo(f"    failed gate {g.get('gate')}: {g.get('scope')} {g.get('level')} {g.get('metric')} = "
-                       f"{'n/a' if value is None else format(value, '.3g')}, needs {rule}")
-
-
-def _print_flow_summary(result: dict[str, Any], params: dict[str, Any]) -> None:
-    """One screen: stages run, data counts, validation, feature-store rows, pairing, online latency."""
-    typer.echo(f"flow materialize_features: {result['state'].upper()}")
-    if result.get("error"):
-        typer.echo(f"  reason: {result['error']}")
-    if result.get("stages"):
-        typer.echo("  stages: " + ", ".join(f"{k} {'ran' if v['ran'] else 'skipped'}"
-                                             for k, v in result["stages"].items()))
-    if "ingest" in result:
-        for kind in ("studies", "vertebrae", "dxa"):
-            c = result["ingest"][kind]
-            why = ", ".join(f"{k} {v}" for k, v in sorted(c["quarantined_by_reason"].items())) or "-"
-            typer.echo(f"  ingest {kind:<9} seen {c['seen']:>5}  ingested {c['ingested']:>5}  quarantined {c['quarantined']:>4} ({why})")
-    suites = (result.get("validation") or {}).get("suites") or {}
-    if "texture" in suites:
-        typer.echo(f"  texture   pools {suites['texture']['rows']:>5}  radiomics rows "
-                   f"{(suites.get('radiomics') or {}).get('rows', '-')}")
-    for key in ("validation", "training_validation"):
-        if key in result:
-            typer.echo(f"  {key.replace('_', ' ')}: {result[key]['summary']}")
-    if "materialize" in result:
-        typer.echo("  feature views (rows written to the online store): "
-                   + ", ".join(f"{k} {v}" for k, v in result["materialize"]["rows_written"].items()))
-    if "training_table" in result:
-        tt, p = result["training_table"], result["training_table"]["pairing"]
-        typer.echo(f"  training table: {tt['rows']} labelled vertebrae {tt['by_split']}; "
-                   f"excluded by the ±{params['ingest']['dxa_window_days']}-day CT/DXA rule: "
-                   f"{p.get('anchors_excluded_by_window')} of {p.get('anchors_with_dxa')} vertebrae with a DXA")
-    if "latency" in result:
-        lat = result["latency"]
-        typer.echo(f"  online read latency ({lat['backend']}, {lat['n']} look-ups): p50 {lat['p50_ms']:.2f} ms, "
-                   f"p99 {lat['p99_ms']:.2f} ms")
-
-
 @app.command("params")
 def show_params(ctx: typer.Context, section: Optional[str] = typer.Argument(None)) -> None:
     """Print the merged parameters of the active profile (optionally one section)."""
@@ -486,29 +299,9 @@ def show_params(ctx: typer.Context, section: Optional[str] = typer.Argument(None
     typer.echo(yaml.safe_dump(params[section] if section else params, sort_keys=False))
 
 
-@app.command()
-def demo(ctx: typer.Context) -> None:
-    """The main job: the retrain Prefect flow with the cohort, each step a DVC stage
-    (cohort -> features -> train -> evaluate -> gates -> registry); `dvc status` is clean afterwards."""
-    params = _params(ctx)
-    run_retrain_flow, kwargs = _flow_runner(ctx, "retrain")
-    t0 = time.perf_counter()
-    typer.echo(f"== osteo demo (profile {kwargs['profile']})")
-    result = run_retrain_flow(**kwargs, materialize=True, cohort=True, reason="osteo demo")
-    features = (result.get("features") or {}).get("training_table")
-    if features:
-        typer.echo(f"  training table: {features['rows']} labelled vertebrae {features['by_split']}")
-    _print_retrain_summary(result, params)
-    typer.echo(f"== done in {time.perf_counter() - t0:.0f} s")
-    from osteo_config import resolve_tracking_uri
-
-    uri = resolve_tracking_uri(params.get("tracking"))
-    typer.echo(f"Compare runs in the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
-               "  -> http://127.0.0.1:5000 (experiment " + params["tracking"]["experiment"] + ")")
-    typer.echo("Registry:  .venv/bin/osteo registry status  |  .venv/bin/osteo registry log")
-    if result["state"] == "failed":
-        raise typer.Exit(code=1)
-
-
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+# the orchestration commands (flows, deploy, demo) register themselves on `app` / `flow_app`
+from osteo import cli_flows  # noqa: E402,F401
