@@ -299,9 +299,11 @@ def show_params(ctx: typer.Context, section: Optional[str] = typer.Argument(None
     typer.echo(yaml.safe_dump(params[section] if section else params, sort_keys=False))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
-
 # the orchestration commands (flows, deploy, demo) register themselves on `app` / `flow_app`
 from osteo import cli_flows  # noqa: E402,F401
+
+
+if __name__ == "__main__":       # `python -m osteo.cli`: run the imported module's app, which has every command
+    from osteo.cli import app as _app
+
+    _app()
