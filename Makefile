@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROFILE ?=
 
-.PHONY: demo test venv lock bench repro clean-data browser
+.PHONY: demo test venv lock bench repro clean-data browser orthanc
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
@@ -29,6 +29,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@$(MAKE) -s browser || echo "could not install chromium (not root / no apt?): the MLflow UI browser test will be skipped"
+	@$(MAKE) -s orthanc || echo "could not install orthanc (not root / no apt?): the PACS round-trip tests will be skipped"
 	$(BIN)/python -m pytest -q
 
 # Rebuild the pipeline with DVC (only what changed); the venv's tools on PATH; the profile is params.yaml's.
@@ -43,6 +44,15 @@ bench: $(STAMP)
 browser:
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then echo "chromium + chromedriver present"; \
 	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; fi
+
+# Orthanc + its DICOMweb plugin from Debian, for the PACS tests (tests/screening/test_pacs*.py start their
+# own Orthanc on free ports with a temporary storage); needs root on Debian. The packaged service is
+# stopped again so that nothing stays on ports 8042/4242. Does nothing when both are already there.
+orthanc:
+	@if command -v Orthanc >/dev/null && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+	  echo "orthanc + orthanc-dicomweb present"; \
+	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q orthanc orthanc-dicomweb \
+	  && { service orthanc stop >/dev/null 2>&1 || true; }; fi
 
 # Re-resolve the pinned set from requirements.in (needs network to the registry).
 lock:
