@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+from features import atomic
 from features.errors import PseudonymKeyError
 
 ID_HEX_CHARS = 20
@@ -156,10 +157,7 @@ def check_fingerprint(key: bytes, record: str | Path) -> str:
                 f"(fingerprint {known}, recorded in {record}): restore the original key; only to re-key every "
                 f"patient deliberately (new ids, new date shifts, a new workspace), delete {record}")
         return fp
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"fingerprint": fp}) + "\n")
-    os.replace(tmp, record)
+    atomic.write_text(record, json.dumps({"fingerprint": fp}) + "\n")
     return fp
 
 

@@ -9,7 +9,11 @@ whose kernel has no pair along some direction that has pairs elsewhere; the
 count is reported as ``nan_voxels``). Then ``texture.parquet`` and
 ``radiomics.parquet`` in ``out_dir``. Resumable: ``<out_dir>/manifest.json``
 remembers, per vertebra, the ROI hash and the params hash it was computed with;
-a re-run skips unchanged vertebrae. A failing ROI goes to
+a re-run skips unchanged vertebrae. Crash-safe: every file is written atomically
+(:mod:`features.atomic`), each finished batch is recorded at once in
+``<out_dir>/journal/`` (a killed run resumes after its last recorded batch), an
+unreadable record is ignored with a warning (its vertebrae are recomputed), and
+the data folder's lock (:mod:`features.workspace`) keeps a second run out. A failing ROI goes to
 ``<out_dir>/quarantine.parquet`` (the stage's own file: ingestion's quarantine
 is another stage's output and is never rewritten here).
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -26,11 +31,18 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from features import atomic
 from features.radiomics_scalar import scalar_features
 from features.texture import GLCMSettings, TextureInputError, glcm_maps_batch, glcm_maps
+from features.workspace import workspace_lock
 from osteo_config.texture import ENGINE_VERSION, TextureConfig  # noqa: F401  (configuration lives in the leaf package)
 
+log = logging.getLogger(__name__)
+
 KEYS = ("patient_id", "study_id", "level", "level_name")  # vertebra keys copied to the output tables
+MANIFEST = "manifest.json"    # item -> entry, the state of the last complete run
+JOURNAL = "journal"           # batch-*.json: entries recorded as batches finish (an interrupted run's progress)
+ENTRY_KEYS = {"roi_sha256", "params_hash", "pool_path", "pool_sha256", "pool_shape", "radiomics"}
 
 
 class RoiUnreadableError(TextureInputError):
@@ -49,6 +61,7 @@ class TextureSummary:
     nan_voxels: int        # NaN map values inside masks, over the pools computed in this run
     seconds: float         # wall time of the run
     mask_voxels_per_s: float  # engine throughput over computed ROIs (mask voxels / engine seconds)
+    discarded_records: int = 0  # unreadable manifest / batch records ignored (their vertebrae recomputed)
 
 
 def _load_roi(ingest_dir: Path, rel: str) -> tuple[np.ndarray, np.ndarray]:
@@ -74,11 +87,8 @@ def _write_pool(out_dir: Path, pool: np.ndarray) -> tuple[str, str]:
     sha = hashlib.sha256(pool.tobytes()).hexdigest()
     rel = f"pools/{sha[:2]}/{sha}.npy"
     path = out_dir / rel
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, pool)
-        tmp.replace(path)
+    if not path.exists():   # content-addressed: an existing file already holds these bytes
+        atomic.write_npy(path, pool)
     return rel, sha
 
 
@@ -88,11 +98,69 @@ def _append_quarantine(out_dir: Path, rows: list[dict[str, str]], retried: set[s
     # a retried item's earlier texture verdict is replaced, never duplicated
     old = old[~((old["stage"] == "texture") & old["item"].isin(retried))]
     new = pd.DataFrame(rows, columns=["item", "kind", "reason", "detail", "stage"])
-    pd.concat([old, new], ignore_index=True).to_parquet(path, index=False)
+    atomic.write_parquet(path, pd.concat([old, new], ignore_index=True), index=False)
+
+
+def _valid_entry(e: Any) -> bool:
+    return isinstance(e, dict) and ENTRY_KEYS <= set(e) and isinstance(e["pool_path"], str)
+
+
+def _read_record(path: Path, what: str) -> dict[str, dict] | None:
+    """Entries of the manifest or of one batch record; None (with a warning) when it is unreadable."""
+    try:
+        obj = json.loads(path.read_text())
+        entries = obj.get("entries") if what == "batch" else obj
+        if not isinstance(entries, dict) or not all(_valid_entry(e) for e in entries.values()):
+            raise ValueError("entries missing or malformed")
+        return entries
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("texture %s record %s is unreadable (%s: %s): ignored, its vertebrae are recomputed",
+                    what, path.name, type(exc).__name__, exc)
+        return None
+
+
+def load_manifest(out_dir: Path) -> tuple[dict[str, dict], int]:
+    """The stage's manifest merged with the batch records of an interrupted run.
+
+    Returns:
+        (item -> entry, number of unreadable records ignored). An unreadable record (truncated by a
+        crash, edited by hand) is removed and its vertebrae are recomputed, never trusted or fatal.
+    """
+    manifest: dict[str, dict] = {}
+    bad = 0
+    man_path = out_dir / MANIFEST
+    if man_path.exists():
+        got = _read_record(man_path, "manifest")
+        if got is None:
+            bad += 1
+            man_path.unlink()
+        else:
+            manifest.update(got)
+    for rec in sorted((out_dir / JOURNAL).glob("batch-*.json")) if (out_dir / JOURNAL).is_dir() else []:
+        got = _read_record(rec, "batch")
+        if got is None:
+            bad += 1
+            rec.unlink()
+        else:
+            manifest.update(got)
+    return manifest, bad
+
+
+def _record_batch(out_dir: Path, entries: dict[str, dict]) -> Path:
+    """Record finished vertebrae atomically: a crash after this loses none of them."""
+    name = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:20]
+    path = out_dir / JOURNAL / f"batch-{name}.json"
+    atomic.write_json(path, {"entries": entries}, sort_keys=True)
+    return path
 
 
 def run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: bool = True) -> TextureSummary:
     """Compute texture pools and scalar radiomics for every vertebra of ``vertebrae.parquet``.
+
+    Crash-safe and resumable: each batch's vertebrae (pools + scalar features) are recorded in
+    ``<out_dir>/journal/batch-*.json`` as soon as the batch is done; a killed run resumes from the
+    last recorded batch. At the end the records are folded into ``manifest.json`` (written
+    atomically) and removed. The data folder's lock (:mod:`features.workspace`) is held throughout.
 
     Args:
         cfg: the texture configuration.
@@ -102,82 +170,105 @@ def run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: b
 
     Returns:
         Counts of the run (see :class:`TextureSummary`).
+
+    Raises:
+        WorkspaceBusyError: another run holds the data folder.
     """
+    ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with workspace_lock(out_dir, "texture"):
+        return _run_texture(cfg, ingest_dir, out_dir, progress)
+
+
+def _run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: bool) -> TextureSummary:
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
-    ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
     vert = pd.read_parquet(ingest_dir / "vertebrae.parquet")
     vert = vert.assign(item=vert["study_id"].astype(str) + ":" + vert["level"].astype(str))
     phash = cfg.params_hash()
-    man_path = out_dir / "manifest.json"
-    manifest: dict[str, dict] = json.loads(man_path.read_text()) if man_path.exists() else {}
+    manifest, bad_records = load_manifest(out_dir)
 
     def fresh(row) -> bool:
         e = manifest.get(row.item)
         return bool(e and e["roi_sha256"] == row.roi_sha256 and e["params_hash"] == phash
-                    and (out_dir / e["pool_path"]).exists())
+                    and e.get("radiomics") is not None and (out_dir / e["pool_path"]).exists())
 
     todo = [r for r in vert.itertuples(index=False) if not fresh(r)]
     skipped = len(vert) - len(todo)
     failed: dict[str, tuple[str, str]] = {}
     nan_voxels, engine_s, engine_vox = 0, 0.0, 0
     bar = tqdm(total=2 * len(todo), desc="texture", disable=not progress)
-    for start in range(0, len(todo), cfg.batch_size):
-        batch, rois = [], []
-        for r in todo[start:start + cfg.batch_size]:
-            try:
-                rois.append(_load_roi(ingest_dir, r.roi_path))
-                batch.append(r)
-            except TextureInputError as exc:
-                failed[r.item] = (type(exc).__name__, str(exc))
-                bar.update(1)
-        if not batch:
-            continue
-        t0 = time.perf_counter()
-        try:
-            maps = glcm_maps_batch([h for h, _ in rois], [b for _, b in rois], cfg.glcm, device=cfg.device)
-        except TextureInputError:  # isolate the faulty ROI(s): one engine call each
-            maps = []
-            for r, (h, b) in zip(batch, rois):
+    scalar_pool = (ProcessPoolExecutor(max_workers=cfg.workers)
+                   if cfg.workers > 1 and len(todo) > 1 else None)
+    try:
+        for start in range(0, len(todo), cfg.batch_size):
+            batch, rois = [], []
+            for r in todo[start:start + cfg.batch_size]:
                 try:
-                    maps.append(glcm_maps(h, b, cfg.glcm, device=cfg.device))
+                    rois.append(_load_roi(ingest_dir, r.roi_path))
+                    batch.append(r)
                 except TextureInputError as exc:
                     failed[r.item] = (type(exc).__name__, str(exc))
-                    maps.append(None)
-        engine_s += time.perf_counter() - t0
-        for r, (h, b), m in zip(batch, rois, maps):
-            bar.update(1)
-            if m is None:
+                    bar.update(2)
+            if not batch:
                 continue
-            engine_vox += int(b.sum())
-            pool = np.concatenate([h[None], m.astype(np.float32)], axis=0)  # (5, x, y, z)
-            nan_voxels += int(np.isnan(pool).sum())
-            rel, sha = _write_pool(out_dir, pool)
-            manifest[r.item] = {"roi_sha256": r.roi_sha256, "params_hash": phash, "pool_path": rel,
-                                "pool_sha256": sha, "pool_shape": list(pool.shape), "radiomics": None}
-
-    # scalar radiomics (pyradiomics, processes) for the pools computed above
-    jobs = [(r.item, str(ingest_dir / r.roi_path), [float(s) for s in np.asarray(r.spacing_mm).ravel()],
-             {k: list(v) for k, v in cfg.scalar_features.items()}, cfg.glcm.bin_width)
-            for r in todo if r.item in manifest and r.item not in failed]
-    if cfg.workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=cfg.workers) as pool_ex:
-            results = list(pool_ex.map(_scalar_job, jobs, chunksize=1))
-    else:
-        results = [_scalar_job(j) for j in jobs]
-    for item, feats, reason, detail in results:
-        bar.update(1)
-        if feats is None:
-            failed[item] = (reason, detail)
-            manifest.pop(item, None)
-        else:
-            manifest[item]["radiomics"] = feats
+            t0 = time.perf_counter()
+            try:
+                maps = glcm_maps_batch([h for h, _ in rois], [b for _, b in rois], cfg.glcm, device=cfg.device)
+            except TextureInputError:  # isolate the faulty ROI(s): one engine call each
+                maps = []
+                for r, (h, b) in zip(batch, rois):
+                    try:
+                        maps.append(glcm_maps(h, b, cfg.glcm, device=cfg.device))
+                    except TextureInputError as exc:
+                        failed[r.item] = (type(exc).__name__, str(exc))
+                        maps.append(None)
+            engine_s += time.perf_counter() - t0
+            entries: dict[str, dict] = {}
+            for r, (h, b), m in zip(batch, rois, maps):
+                bar.update(1)
+                if m is None:
+                    bar.update(1)
+                    continue
+                engine_vox += int(b.sum())
+                pool = np.concatenate([h[None], m.astype(np.float32)], axis=0)  # (5, x, y, z)
+                nan_voxels += int(np.isnan(pool).sum())
+                rel, sha = _write_pool(out_dir, pool)
+                entries[r.item] = {"roi_sha256": r.roi_sha256, "params_hash": phash, "pool_path": rel,
+                                   "pool_sha256": sha, "pool_shape": list(pool.shape), "radiomics": None}
+            # scalar radiomics (pyradiomics, processes) for this batch's pools
+            jobs = [(r.item, str(ingest_dir / r.roi_path), [float(s) for s in np.asarray(r.spacing_mm).ravel()],
+                     {k: list(v) for k, v in cfg.scalar_features.items()}, cfg.glcm.bin_width)
+                    for r in batch if r.item in entries]
+            results = (list(scalar_pool.map(_scalar_job, jobs, chunksize=1)) if scalar_pool is not None
+                       else [_scalar_job(j) for j in jobs])
+            for item, feats, reason, detail in results:
+                bar.update(1)
+                if feats is None:
+                    failed[item] = (reason, detail)
+                    entries.pop(item)
+                else:
+                    entries[item]["radiomics"] = feats
+            if entries:
+                _record_batch(out_dir, entries)
+                manifest.update(entries)
+                log.info("texture: batch of %d vertebrae recorded (%d/%d to do)",
+                         len(entries), min(start + cfg.batch_size, len(todo)), len(todo))
+    finally:
+        if scalar_pool is not None:
+            scalar_pool.shutdown()
     bar.close()
     for item in failed:
         manifest.pop(item, None)
-    man_path.parent.mkdir(parents=True, exist_ok=True)
-    man_path.write_text(json.dumps(manifest))
+    # fold the batch records into the manifest, then drop them (a crash in between only repeats the fold)
+    atomic.write_json(out_dir / MANIFEST, manifest, sort_keys=True)
+    if (out_dir / JOURNAL).is_dir():
+        for rec in (out_dir / JOURNAL).glob("batch-*.json"):
+            rec.unlink()
+        for stray in atomic.stray_temp_files(out_dir / JOURNAL):
+            stray.unlink()
+        (out_dir / JOURNAL).rmdir()
 
     done = vert[vert["item"].isin([k for k, v in manifest.items() if v.get("params_hash") == phash])]
     keys = [k for k in KEYS if k in done.columns]
@@ -186,9 +277,9 @@ def run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: b
     tex["pool_sha256"] = [manifest[i]["pool_sha256"] for i in done["item"]]
     tex["pool_shape"] = [manifest[i]["pool_shape"] for i in done["item"]]
     tex["texture_params_hash"] = phash
-    tex.drop(columns="item").to_parquet(out_dir / "texture.parquet", index=False)
+    atomic.write_parquet(out_dir / "texture.parquet", tex.drop(columns="item"), index=False)
     rad = pd.DataFrame([manifest[i]["radiomics"] for i in done["item"]], index=done.index)
-    pd.concat([done[keys], rad], axis=1).to_parquet(out_dir / "radiomics.parquet", index=False)
+    atomic.write_parquet(out_dir / "radiomics.parquet", pd.concat([done[keys], rad], axis=1), index=False)
 
     rows = [{"item": i, "kind": "vertebra", "reason": rs, "detail": d, "stage": "texture"}
             for i, (rs, d) in failed.items()]
@@ -200,4 +291,4 @@ def run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: b
     return TextureSummary(
         seen=len(vert), computed=len(todo) - len(failed), skipped=skipped, quarantined=len(failed),
         reasons=reasons, nan_voxels=nan_voxels, seconds=time.perf_counter() - t_start,
-        mask_voxels_per_s=engine_vox / engine_s if engine_s > 0 else 0.0)
+        mask_voxels_per_s=engine_vox / engine_s if engine_s > 0 else 0.0, discarded_records=bad_records)
