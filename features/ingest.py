@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from features.calibration import RECORD_COLUMNS as CALIBRATION_COLUMNS
 from features.dxa import DxaRules, process_dxa
 from features.errors import (CountMismatchError, DuplicateStudyError, IngestError, InvalidRecordError,
                              UnknownPatientError)
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 VERTEBRA_COLUMNS = ("patient_id", "study_id", "level", "level_name", "site", "scanner", "contrast", "ct_date",
                     "sex", "age_at_ct", "roi_path", "roi_sha256", "roi_shape", "spacing_mm", "hu_mean", "hu_std",
-                    "hu_p05", "hu_p50", "hu_p95", "body_voxels")
+                    "hu_p05", "hu_p50", "hu_p95", "body_voxels") + CALIBRATION_COLUMNS
 DXA_COLUMNS = ("patient_id", "dxa_id", "site", "device_vendor", "device_model", "dxa_date", "region", "level",
                "bmd_g_cm2", "t_score", "who_class")
 PATIENT_COLUMNS = ("patient_id", "sex", "birth_year", "site")
@@ -73,7 +74,8 @@ def study_checks(cfg: IngestConfig) -> StudyChecks:
     return StudyChecks(alignment_tol_mm=float(cfg.alignment_tol_mm), direction_tol=float(cfg.direction_tol),
                        hu_valid_range=tuple(map(float, cfg.hu_valid_range)),
                        hu_invalid_share=float(cfg.hu_invalid_share),
-                       vertebra_median_hu_range=tuple(map(float, cfg.vertebra_median_hu_range)))
+                       vertebra_median_hu_range=tuple(map(float, cfg.vertebra_median_hu_range)),
+                       calibration=cfg.calibration)
 
 
 @dataclass
@@ -214,7 +216,7 @@ def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
             continue
         tasks.append(StudyTask(study_id=sid, ct_path=str(raw_dir / r["ct_path"]), ct_format=str(r["ct_format"]),
                                mask_path=str(raw_dir / r["mask_path"]), mask_format=str(r["mask_format"]),
-                               identity=ExpectedIdentity.of(mrn, acc)))
+                               identity=ExpectedIdentity.of(mrn, acc), contrast=str(r["contrast"]).strip() == "1"))
         meta[sid] = dict(mrn=mrn, day=day, site=str(r["site"]), scanner=str(r["scanner"]),
                          contrast=int(str(r["contrast"]).strip()))
 
@@ -239,7 +241,8 @@ def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
                 sex=p["sex"], age_at_ct=safe_harbor_age(age_years(p["birth_date"], m["day"])),
                 roi_path=roi["roi_path"], roi_sha256=roi["roi_sha256"], roi_shape=list(cfg.roi_shape),
                 spacing_mm=[float(s) for s in cfg.spacing_mm],
-                **{k: roi[k] for k in ("hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95", "body_voxels")}))
+                **{k: roi[k] for k in ("hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95", "body_voxels")},
+                **res.calibration))
 
     rules = DxaRules(window_days=int(cfg.dxa_window_days), bmd_range=tuple(cfg.dxa_bmd_range),
                      t_score_range=tuple(cfg.dxa_t_score_range))
@@ -281,7 +284,7 @@ def _write_tables(out_dir: Path, rows, dxa_rows, patient_rows, quarantine, summa
     vert["ct_date"] = pd.to_datetime(vert["ct_date"], utc=True).astype("datetime64[ns, UTC]")
     for col, dt in (("level", "int64"), ("contrast", "int64"), ("body_voxels", "int64")):
         vert[col] = vert[col].astype(dt)
-    for col in ("age_at_ct", "hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95"):
+    for col in ("age_at_ct", "hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95") + CALIBRATION_COLUMNS[1:]:
         vert[col] = vert[col].astype("float64")
     dxa = _frame(dxa_rows, DXA_COLUMNS, ["patient_id", "dxa_date", "level", "dxa_id"])
     dxa["dxa_date"] = pd.to_datetime(dxa["dxa_date"], utc=True).astype("datetime64[ns, UTC]")

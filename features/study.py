@@ -20,6 +20,13 @@ HU plausibility rule (:func:`check_hu`): the study is
 Voxels outside the reconstructed field of view (DICOM ``PixelPaddingValue``,
 :mod:`features.io.dicom`) are not HU and take no part in either rule.
 
+Calibration (``ingest.calibration.enabled``): after the HU checks the study's
+own reference tissues fix a linear HU correction (:mod:`features.calibration`);
+the ROIs, and so the pools and HU statistics, are cut from the calibrated CT and
+the coefficients and reference HUs travel with every row (``cal_*``,
+``ref_*_hu``). A study whose references cannot be found or whose line is
+implausible is quarantined (``Calibration*Error``).
+
 Identity rule (DICOM only): every kept object's ``PatientID`` must equal the
 export row's MRN and its ``AccessionNumber`` the row's accession number (after
 stripping blanks; an empty AccessionNumber, a DICOM type-2 attribute PACS
@@ -37,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from features.calibration import calibrate_study, uncalibrated_record
 from features.errors import (HUOutOfRangeError, IdentifierMismatchError, IngestError, MissingLevelError,
                              NoVertebraError, UnsupportedFormatError, UnsupportedLevelError)
 from features.geometry import check_alignment
@@ -45,6 +53,7 @@ from features.io.masks import LEVEL_NAMES, T13_LABEL, read_mask
 from features.io.volume import Volume, read_nifti, to_ras
 from features.quarantine import QuarantineRecord
 from features.roi import RoiSpec, VertebraROI, extract_rois
+from osteo_config.ingest import CalibrationConfig
 
 
 def _digest(salt: str, value: str) -> str:
@@ -82,6 +91,7 @@ class StudyTask:
     mask_path: str
     mask_format: str
     identity: ExpectedIdentity | None = None
+    contrast: bool | None = None     # IV contrast (ct_studies.csv); None = unknown: blood is no calibration reference
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,7 @@ class StudyChecks:
     hu_valid_range: tuple[float, float]
     hu_invalid_share: float
     vertebra_median_hu_range: tuple[float, float]
+    calibration: CalibrationConfig | None = None    # None or enabled=False: HU as stored
 
 
 @dataclass
@@ -107,6 +118,7 @@ class StudyResult:
         vertebrae_seen: thoracolumbar vertebrae found in the mask (0 when the study failed).
         dicom_filtered: DICOM objects of the series folder left out (scouts, dose reports, ...),
             ``{reason: count}`` (reasons in :data:`features.io.dicom.FILTER_REASONS`; no identifiers).
+        calibration: the study's HU calibration columns (:meth:`features.calibration.HUCalibration.record`).
     """
 
     study_id: str
@@ -115,6 +127,7 @@ class StudyResult:
     quarantine: list[QuarantineRecord] = field(default_factory=list)
     vertebrae_seen: int = 0
     dicom_filtered: dict[str, int] = field(default_factory=dict)
+    calibration: dict[str, object] = field(default_factory=uncalibrated_record)
 
 
 def check_hu(ct: Volume, levels: np.ndarray, item: str, checks: StudyChecks,
@@ -241,12 +254,17 @@ def process_study(task: StudyTask, spec: RoiSpec, checks: StudyChecks, out_dir: 
         ct, levels = to_ras(ct), to_ras(mask.volume)
         present, has_t13 = _levels_present(levels.array, item)
         check_hu(ct, levels.array, item, checks, outside)
+        record = uncalibrated_record()
+        if checks.calibration is not None and checks.calibration.enabled:
+            cal = calibrate_study(ct.array, ct.spacing, levels.array, checks.calibration, item, task.contrast,
+                                  outside)
+            ct, record = Volume(cal.apply(ct.array), ct.affine), cal.record()
     except IngestError as err:
         return StudyResult(study_id=item, ok=False, quarantine=[QuarantineRecord.from_error(err, "study")],
                            dicom_filtered=dict(getattr(err, "filtered", filtered)))
 
     result = StudyResult(study_id=item, ok=True, vertebrae_seen=len(present) + int(has_t13),
-                         dicom_filtered=filtered)
+                         dicom_filtered=filtered, calibration=record)
     if has_t13:
         t13 = UnsupportedLevelError(f"{item}:T13", "a T13 vertebra has no ordinal level slot (1-18)",
                                     "none needed: T13 is left out, T12 and L1 keep their names")

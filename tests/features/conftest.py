@@ -19,6 +19,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from features.ingest import IngestConfig
+from osteo_config.ingest import CalibrationConfig
 from cohort.writers import write_synthetic_marker
 
 SPACING = (0.8, 0.8, 1.25)          # mm, (x, y, z)
@@ -164,7 +165,10 @@ def write_dicom_series(hu: np.ndarray, affine: np.ndarray, folder: Path, *, pati
 def small_config(**over) -> IngestConfig:
     base = dict(workers=1, spacing_mm=(1.0, 1.0, 1.0), roi_shape=(24, 24, 16), body_opening_mm=2.0,
                 core_erosion_mm=1.0, min_body_voxels=150, allow_demo_key=True,
-                key_env="OSTEO_TEST_KEY_UNSET", key_file="/nonexistent/osteo-test.key")
+                key_env="OSTEO_TEST_KEY_UNSET", key_file="/nonexistent/osteo-test.key",
+                # the geometry phantom has no subcutaneous fat (no calibration reference): its HU are taken as
+                # stored; calibration is tested on the simulator's anatomy (tests/features/test_calibration.py)
+                calibration=CalibrationConfig(enabled=False))
     base.update(over)
     return IngestConfig(**base)
 

@@ -170,7 +170,11 @@ def test_tables_follow_the_contract(ingested):
     v = pd.read_parquet(out / "vertebrae.parquet")
     assert list(v.columns) == ["patient_id", "study_id", "level", "level_name", "site", "scanner", "contrast",
                                "ct_date", "sex", "age_at_ct", "roi_path", "roi_sha256", "roi_shape",
-                               "spacing_mm", "hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95", "body_voxels"]
+                               "spacing_mm", "hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95", "body_voxels",
+                               "cal_version", "cal_slope", "cal_intercept", "ref_air_hu", "ref_fat_hu", "ref_blood_hu"]
+    # the phantom is ingested with calibration off (conftest): identity line, no reference measured
+    assert (v.cal_version == "none").all() and (v.cal_slope == 1.0).all() and (v.cal_intercept == 0.0).all()
+    assert v[["ref_air_hu", "ref_fat_hu", "ref_blood_hu"]].isna().all().all()
     assert str(v["ct_date"].dtype) == "datetime64[ns, UTC]" and v["level"].between(1, 18).all()
     for _, r in v.iterrows():
         with np.load(out / r.roi_path) as z:
