@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from io import BytesIO
 from typing import Any, Sequence
 
+import pydicom
 import requests
 from pydicom.dataset import Dataset
 
@@ -49,6 +51,21 @@ def _value(item: dict[str, Any], tag: str) -> Any:
     """First value of a DICOM JSON attribute (PS3.18 F.2), or None."""
     v = item.get(tag, {}).get("Value")
     return v[0] if v else None
+
+
+def _part10(ds: Dataset) -> Dataset:
+    """``ds`` as a DICOM File Format (PS3.10) dataset: preamble, DICM and a complete file meta.
+
+    STOW-RS takes Part 10 instances; dicomweb-client writes each dataset "like the original", so a dataset
+    built in memory (no preamble) would reach the server without its DICM prefix (Orthanc then stores a
+    file that no reader opens). Writing it once with the file format enforced and reading it back fixes that.
+    """
+    if getattr(ds, "preamble", None) is not None and "TransferSyntaxUID" in getattr(ds, "file_meta", {}):
+        return ds
+    buf = BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    buf.seek(0)
+    return pydicom.dcmread(buf)
 
 
 class PacsClient:
@@ -110,7 +127,8 @@ class PacsClient:
         studies = {str(d.StudyInstanceUID) for d in datasets}
         if len(studies) != 1:
             raise ValueError(f"STOW-RS stores one study per call; got {len(studies)}: store each study separately")
-        resp = self._call("STOW-RS store", self._client.store_instances, list(datasets), studies.pop())
+        resp = self._call("STOW-RS store", self._client.store_instances, [_part10(d) for d in datasets],
+                          studies.pop())
         failed = getattr(resp, "FailedSOPSequence", None) or []
         if failed:
             raise PacsRequestError(f"PACS at {self.url} rejected {len(failed)} of {len(datasets)} instances "
