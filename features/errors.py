@@ -45,6 +45,18 @@ class UnsupportedFormatError(IngestError):
     stage = "read"
 
 
+class MissingMaskError(IngestError):
+    """A CT row has no vertebra mask and no segmenter was given (``osteo screen --segmenter``)."""
+
+    stage = "read"
+
+
+class SegmenterError(IngestError):
+    """The segmenter command failed, timed out or wrote no mask."""
+
+    stage = "read"
+
+
 # --- DICOM series ----------------------------------------------------------
 class GantryTiltError(IngestError):
     """Slices are stacked along a direction not orthogonal to their plane (tilted gantry)."""

@@ -36,7 +36,7 @@ from features.dxa import DxaRules, process_dxa
 from features.errors import (CountMismatchError, DuplicateStudyError, IngestError, InvalidRecordError,
                              UnknownPatientError)
 from features.io.masks import LEVEL_NAMES
-from features.io.tables import parse_date, read_raw_export
+from features.io.tables import RawExport, parse_date, read_raw_export
 from features.pseudonym import Pseudonymizer, age_years, check_fingerprint, load_key
 from features.quarantine import QuarantineRecord, counts_by_reason, to_frame
 from features.roi import RoiSpec
@@ -165,7 +165,7 @@ def _check_counts(summary: IngestSummary) -> None:
 
 
 def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
-               progress: bool = True, key_record: Path | None = None) -> IngestSummary:
+               progress: bool = True, key_record: Path | None = None, raw: RawExport | None = None) -> IngestSummary:
     """Ingest a raw export into pseudonymised ROIs and tables.
 
     Args:
@@ -176,6 +176,7 @@ def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
         progress: show a tqdm progress bar.
         key_record: where the key's fingerprint is recorded and checked (default
             ``<out_dir>/../pseudonym_key_fingerprint.json``: outside the stage's output, so it survives re-runs).
+        raw: the export's tables already read (``osteo screen``: no dxa.csv, rows selected); None: read ``raw_dir``.
 
     Returns:
         The run's counts (also in ``out_dir/ingest_summary.json``).
@@ -191,7 +192,7 @@ def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
         log.warning("using the PUBLIC demo pseudonymisation key: the export is the simulator's own (marker verified)")
     fingerprint = check_fingerprint(key, key_record or out_dir.parent / KEY_RECORD)
     pseudo = Pseudonymizer(key=key, date_shift_max_days=int(cfg.date_shift_max_days), key_source=key_source)
-    raw = read_raw_export(raw_dir)
+    raw = raw if raw is not None else read_raw_export(raw_dir)
     patients = _valid_patients(raw.patients)
 
     quarantine: list[QuarantineRecord] = []

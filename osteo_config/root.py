@@ -28,7 +28,7 @@ from osteo_config.registry import GatesConfig, RegistryConfig
 from osteo_config.screen import ScreenConfig
 from osteo_config.splits import SplitConfig
 from osteo_config.store import FeatureStoreConfig
-from osteo_config.texture import TextureConfig
+from osteo_config.texture import ENGINE_VERSION as TEXTURE_ENGINE_VERSION, TextureConfig
 from osteo_config.tracking import TrackingConfig
 
 # what a training run logs as MLflow params (sections, plus the ingest grid)
@@ -184,6 +184,7 @@ class Config:
         return {"hu_window": list(ing.hu_window), "spacing_mm": list(ing.spacing_mm), "roi_shape": list(ing.roi_shape),
                 "texture": {"bin_width": tex.bin_width, "bin_count": tex.bin_count,
                             "kernel_radius": tex.kernel_radius, "fill_value": tex.fill_value},
+                "texture_engine": TEXTURE_ENGINE_VERSION,
                 "model_input_shape": None if self.model.input_shape is None else list(self.model.input_shape)}
 
     def experiment(self) -> ExperimentSpec:

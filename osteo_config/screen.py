@@ -144,9 +144,13 @@ class ScreenConfig:
     quality: QualityConfig = QualityConfig()
     drift: DriftConfig = DriftConfig()
     references: ReferenceTables | None = None
+    experiment: str = "osteo-screening"        # MLflow experiment of the batch runs (counts and drift only)
+    segmenter_timeout_s: float = 3600.0        # wall-clock limit of one --segmenter call (s)
 
     def __post_init__(self) -> None:
         _check(self.review in ("none", "required"), f"review={self.review!r} must be none or required")
+        _check(bool(self.experiment), "experiment must be a non-empty MLflow experiment name")
+        _check(self.segmenter_timeout_s > 0, f"segmenter_timeout_s={self.segmenter_timeout_s} must be > 0 s")
         _check(0 < self.interval_level < 1, f"interval_level={self.interval_level} must lie in (0, 1)")
         _check(self.references is not None, "references is required (versioned DXA young-adult references)")
         missing = sorted(set(self.report_vendors) - set(self.references.vendors))
@@ -156,7 +160,9 @@ class ScreenConfig:
     def from_params(cls, params: Mapping[str, Any]) -> "ScreenConfig":
         """Parse ``params['screen']``; unknown keys (at any depth) are :class:`ScreenConfigError`."""
         sec = _section(params.get("screen"), "screen", cls)
-        kw: dict[str, Any] = {k: sec[k] for k in ("review", "interval_level") if k in sec}
+        kw: dict[str, Any] = {k: sec[k] for k in ("review", "interval_level", "experiment") if k in sec}
+        if "segmenter_timeout_s" in sec:
+            kw["segmenter_timeout_s"] = float(sec["segmenter_timeout_s"])
         if "report_vendors" in sec:
             kw["report_vendors"] = tuple(sec["report_vendors"])
         if "quality" in sec:

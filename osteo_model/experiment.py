@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from osteo_config.experiment import ExperimentSpec
 from osteo_model import evaluate as E
 from osteo_model import figures
 from osteo_model.config import POOL_CHANNELS
-from osteo_model.frames import DataPaths, ExperimentError, Frames, assemble_frames  # noqa: F401  (public API)
+from osteo_model.frames import DataPaths, ExperimentError, Frames, assemble_frames, calibration_versions  # noqa: F401  (public API)
 from osteo_model.methods import DEEP, METHODS, PRETRAINED, fit_method
 from osteo_model.operating_point import (OperatingPoint, ThresholdChoice, choose_operating_point, fixed_choice,
                                          operating_point_path)
@@ -110,6 +110,9 @@ def run_training(spec: ExperimentSpec, method: str = "tp_swav", tracking: bool =
     if method not in METHODS:
         raise ExperimentError(f"unknown method {method!r}: choose one of {list(METHODS)}")
     frames = assemble_frames(spec.data)
+    cal = calibration_versions(spec.data)
+    if cal is not None:                          # the pools' HU calibration travels in the I/O contract
+        spec = replace(spec, geometry={**spec.geometry, "cal_version": cal})
     out = _fresh(Path(out_dir or Path("models") / method), resume)
     versions = data_version(spec.texture_digest, spec.data.training_table, spec.data.splits)
     tags = {**run_tags(method, spec, init_encoder, versions["data_version"]), **code_version(),

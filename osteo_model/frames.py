@@ -40,6 +40,17 @@ def vertebra_id(frame: pd.DataFrame) -> pd.Series:
     return frame["patient_id"].astype(str) + ":" + frame["study_id"].astype(str) + ":" + frame["level"].astype(str)
 
 
+def calibration_versions(paths: DataPaths) -> list[str] | None:
+    """The HU calibration versions (``cal_version``) of the ingested vertebrae, sorted; None when ingestion
+    wrote no such column. The model's I/O contract records them: screening refuses pools calibrated otherwise."""
+    if not Path(paths.vertebrae).is_file():
+        return None
+    import pyarrow.parquet as pq
+    if "cal_version" not in pq.read_schema(paths.vertebrae).names:
+        return None
+    return sorted(pd.read_parquet(paths.vertebrae, columns=["cal_version"])["cal_version"].astype(str).unique())
+
+
 def assemble_frames(paths: DataPaths) -> Frames:
     """Read the training table, texture index, vertebrae and splits into the run's frames.
 

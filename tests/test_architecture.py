@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT = ("osteo", "osteo_config", "flows", "features", "data_checks", "registry", "osteo_model", "cohort",
+PROJECT = ("osteo", "osteo_config", "flows", "features", "data_checks", "registry", "osteo_model", "cohort", "screening",
            "osteo_testing")
-LIBRARIES = ("features", "data_checks", "registry", "osteo_model", "cohort")
+LIBRARIES = ("features", "data_checks", "registry", "osteo_model", "cohort", "screening")
 PRODUCTION = ("osteo", "osteo_config", "flows", *LIBRARIES)
 
 

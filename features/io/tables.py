@@ -43,16 +43,21 @@ def _read(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def read_raw_export(raw_dir: Path) -> RawExport:
+def read_raw_export(raw_dir: Path, require_dxa: bool = True) -> RawExport:
     """Read ``patients.csv``, ``ct_studies.csv`` and ``dxa.csv`` from ``raw_dir``.
+
+    Args:
+        require_dxa: training needs ``dxa.csv``; screening new studies (``osteo screen``) passes False,
+            and an export without it reads as one with no DXA row.
 
     Raises:
         RawExportError: a table is missing, unreadable, or lacks a contract column.
     """
     raw_dir = Path(raw_dir)
+    dxa = (_read(raw_dir / "dxa.csv", DXA_COLUMNS) if require_dxa or (raw_dir / "dxa.csv").is_file()
+           else pd.DataFrame({c: pd.Series(dtype=str) for c in DXA_COLUMNS}))
     return RawExport(patients=_read(raw_dir / "patients.csv", PATIENT_COLUMNS),
-                     ct_studies=_read(raw_dir / "ct_studies.csv", CT_COLUMNS),
-                     dxa=_read(raw_dir / "dxa.csv", DXA_COLUMNS))
+                     ct_studies=_read(raw_dir / "ct_studies.csv", CT_COLUMNS), dxa=dxa)
 
 
 def parse_date(text: str):
