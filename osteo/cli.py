@@ -38,6 +38,9 @@ app.add_typer(experiments_app, name="experiments")
 app.add_typer(features_app, name="features")
 app.add_typer(flow_app, name="flow")
 app.add_typer(registry_app, name="registry")
+screen_app = typer.Typer(no_args_is_help=True,
+                         help="Screen new CT studies with the champion: tables, PDF + SR reports, review queue.")
+app.add_typer(screen_app, name="screen")
 
 
 def _cfg(ctx: typer.Context) -> Config:
@@ -288,6 +291,63 @@ def registry_status(ctx: typer.Context) -> None:
             typer.echo(f"    {scope:<10} " + "  ".join(
                 f"{k.upper()} {'n/a' if m.get(k) is None else format(m[k], '.3f' if k == 'auroc' else '.1f')}"
                 for k in ("sen", "spe", "f1", "auroc")))
+
+
+# --- screening new studies ---------------------------------------------------------------
+EXIT_DRIFT = 4          # `osteo screen run`: the batch drifted from the model's training distribution (outputs written)
+_OUT = typer.Option(Path("screening"), "--out", help="Output folder (batches, ledger).")
+
+
+@screen_app.command("run")
+def screen_run(
+    ctx: typer.Context,
+    input_dir: Path = typer.Argument(..., help="Export folder: ct_studies.csv, patients.csv, CTs, masks (no DXA)."),
+    out: Path = _OUT,
+    model_uri: Optional[str] = typer.Option(None, help="MLflow model URI (default models:/<registry.model_name>@champion)."),
+    segmenter: Optional[str] = typer.Option(None, help="Command for studies without a mask, e.g. "
+                                            "'TotalSegmentator -i {ct} -o {out} --ml'."),
+    rescreen: bool = typer.Option(False, "--rescreen", help="Re-screen studies an older model version screened."),
+) -> None:
+    """Screen a folder: exit 0 done, 1 typed error (no champion, skew, bad export), 4 drift alert."""
+    from features.errors import IngestSetupError
+    from screening.errors import ScreeningError
+
+    try:
+        out_summary = steps.screen(_cfg(ctx), input_dir, out, model_uri=model_uri, segmenter=segmenter,
+                                   rescreen=rescreen)
+    except (ScreeningError, IngestSetupError) as exc:
+        _fail(exc)
+    typer.echo(out_summary.format())
+    if out_summary.drift_alert:
+        raise typer.Exit(code=EXIT_DRIFT)
+
+
+def _review(out: Path, batch: str, reviewer: str, approve: bool, reason: Optional[str] = None) -> None:
+    from screening.errors import ScreeningError
+
+    try:
+        res = steps.screen_review(out, batch, reviewer, approve, reason)
+    except ScreeningError as exc:
+        _fail(exc)
+    typer.echo(f"batch {batch}: {res['state']} by {res['reviewer']} "
+               f"({res.get('released', res.get('rejected'))} studies)")
+
+
+@screen_app.command("approve")
+def screen_approve(batch: str = typer.Argument(..., help="Batch id (printed by `osteo screen run`)."),
+                   reviewer: str = typer.Option(..., help="Who reviewed (recorded in every report)."),
+                   out: Path = _OUT) -> None:
+    """Release a batch's pending SRs and PDFs, signed by the reviewer."""
+    _review(out, batch, reviewer, True)
+
+
+@screen_app.command("reject")
+def screen_reject(batch: str = typer.Argument(..., help="Batch id."),
+                  reviewer: str = typer.Option(..., help="Who reviewed."),
+                  reason: Optional[str] = typer.Option(None, help="Why (recorded in review.json)."),
+                  out: Path = _OUT) -> None:
+    """Discard a batch's pending reports (nothing is released)."""
+    _review(out, batch, reviewer, False, reason)
 
 
 @app.command("params")

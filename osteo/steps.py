@@ -207,3 +207,23 @@ def registry_log(cfg: Config) -> dict:
     from registry.pipeline import audit_log
 
     return audit_log(cfg.registry)
+
+def screen(cfg: Config, input_dir: Path, out_dir: Path, model_uri: str | None = None, segmenter: str | None = None,
+           rescreen: bool = False, batch_id: str | None = None, progress: bool = True):
+    """A folder of new CT studies → tables, reports, one MLflow run (``screening.batch.screen_folder``)."""
+    from screening.batch import ScreenRequest, screen_folder
+
+    request = ScreenRequest(input_dir=Path(input_dir), out_dir=Path(out_dir), model_uri=model_uri, segmenter=segmenter,
+                            rescreen=rescreen, batch_id=batch_id, progress=progress)
+    return screen_folder(request, screen=cfg.screen, ingest=cfg.ingest, texture=cfg.texture,
+                         geometry=cfg.io_geometry(), model_name=cfg.registry.model_name,
+                         tracking_uri=cfg.tracking.active_uri, profile=cfg.profile,
+                         artifact_location=cfg.tracking.artifact_location)
+
+
+def screen_review(out_dir: Path, batch_id: str, reviewer: str, approve: bool, reason: str | None = None) -> dict:
+    """Release (approve) or discard (reject) a batch's pending reports (``screening.reports``)."""
+    from screening.reports import reject, release
+
+    batch = Path(out_dir) / "batches" / batch_id
+    return release(batch, reviewer) if approve else reject(batch, reviewer, reason)

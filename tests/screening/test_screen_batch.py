@@ -253,3 +253,30 @@ def test_skew_and_missing_alias_are_refused_before_any_study(champion, export, t
     with pytest.raises(ModelNotFoundError, match="--model-uri"):
         _run(p, uri, raw, tmp_path / "out")
     assert not (tmp_path / "out" / "ledger.parquet").exists()
+
+
+def test_cli_exits_non_zero_on_drift_and_flow_completes_with_warning(champion, export, tmp_path, monkeypatch):
+    """min_batch 1: the batch's scanner and HU are judged against the training summary and drift."""
+    from typer.testing import CliRunner
+
+    from osteo.cli import app
+    monkeypatch.delenv("OSTEO_PROFILE", raising=False)
+    params, uri = champion
+    raw, segmenter = export
+    p = copy.deepcopy(params)
+    p["screen"]["drift"]["min_batch"] = 1
+    p.pop("profiles", None)
+    p["profile"] = "demo"                  # the file holds the merged tiny params; no overlay on top
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(yaml.safe_dump(p))
+    res = CliRunner().invoke(app, ["--params", str(pfile), "screen", "run", str(raw), "--out", str(tmp_path / "o"),
+                                   "--segmenter", segmenter])
+    assert res.exit_code == 4, res.output
+    assert "DRIFT ALERT" in res.output and "screened 3" in res.output
+    assert not [x for q in PEOPLE.values() for x in (q["mrn"], q["acc"]) if x in res.output]
+
+    from flows.runtime import configure_prefect
+    configure_prefect({"flows": {"prefect_home": str(tmp_path / ".prefect")}})
+    from flows.screen import screen
+    state = screen(str(pfile), str(raw), str(tmp_path / "o2"), segmenter=segmenter, return_state=True)
+    assert state.is_completed() and "drift alert" in state.message
