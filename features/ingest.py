@@ -5,7 +5,7 @@ Story of a run:
 1. find the HMAC key (:mod:`features.pseudonym`); no key -> the run stops;
 2. read ``patients.csv``, ``ct_studies.csv``, ``dxa.csv`` (:mod:`features.io.tables`);
 3. per CT row: known patient, parseable date, unique accession, else quarantine;
-4. per study, in ``workers`` processes: read CT + mask, check geometry and HU,
+4. per study, in ``workers`` processes or on Dask (:mod:`features.parallel`): read CT + mask, check geometry and HU,
    extract one ROI per level (:mod:`features.study`, :mod:`features.roi`);
 5. DXA rows: validate, deduplicate, check the CT window (:mod:`features.dxa`);
 6. write ``vertebrae.parquet``, ``dxa.parquet``, ``patients.parquet``,
@@ -18,12 +18,11 @@ ROI files content-addressed).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,12 @@ from features.errors import (CountMismatchError, DuplicateStudyError, IngestErro
                              UnknownPatientError)
 from features.io.masks import LEVEL_NAMES
 from features.io.tables import RawExport, parse_date, read_raw_export
+from features.parallel import open_executor
 from features.pseudonym import Pseudonymizer, age_years, check_fingerprint, load_key
 from features.quarantine import QuarantineRecord, counts_by_reason, to_frame
 from features.roi import RoiSpec
 from features.study import ExpectedIdentity, StudyChecks, StudyResult, StudyTask, process_study
+from osteo_config.compute import ComputeConfig
 from osteo_config.ingest import IngestConfig  # noqa: F401  (configuration lives in the leaf package)
 
 log = logging.getLogger(__name__)
@@ -136,22 +137,14 @@ def _valid_patients(patients: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
-def _run_tasks(tasks: list[StudyTask], cfg: IngestConfig, out_dir: Path, progress: bool) -> list[StudyResult]:
+def _run_tasks(tasks: list[StudyTask], cfg: IngestConfig, out_dir: Path, progress: bool,
+               compute: ComputeConfig | None = None) -> list[StudyResult]:
     spec, checks = roi_spec(cfg), study_checks(cfg)
     bar = tqdm(total=len(tasks), desc="ingest studies", unit="study", disable=not progress)
-    results = []
-    if cfg.workers <= 1 or len(tasks) <= 1:
-        for t in tasks:
-            results.append(process_study(t, spec, checks, str(out_dir)))
-            bar.update()
-    else:
-        # spawn: workers import the module afresh, never inherit locks/threads of the parent
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(tasks)), mp_context=ctx) as pool:
-            futures = [pool.submit(process_study, t, spec, checks, str(out_dir)) for t in tasks]
-            for fut in as_completed(futures):
-                results.append(fut.result())
-                bar.update()
+    job = functools.partial(process_study, spec=spec, checks=checks, out_dir=str(out_dir))
+    # serial, `workers` spawned processes, or the Dask cluster of compute.dask_address (features/parallel.py)
+    with open_executor(min(cfg.workers, len(tasks)), compute) as ex:
+        results = ex.map(job, tasks, on_done=bar.update)
     bar.close()
     return sorted(results, key=lambda r: r.study_id)
 
@@ -165,7 +158,8 @@ def _check_counts(summary: IngestSummary) -> None:
 
 
 def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
-               progress: bool = True, key_record: Path | None = None, raw: RawExport | None = None) -> IngestSummary:
+               progress: bool = True, key_record: Path | None = None,
+               compute: ComputeConfig | None = None, raw: RawExport | None = None) -> IngestSummary:
     """Ingest a raw export into pseudonymised ROIs and tables.
 
     Args:
@@ -176,6 +170,7 @@ def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
         progress: show a tqdm progress bar.
         key_record: where the key's fingerprint is recorded and checked (default
             ``<out_dir>/../pseudonym_key_fingerprint.json``: outside the stage's output, so it survives re-runs).
+        compute: where the per-study work runs (``compute.dask_address``: an existing Dask cluster); None: here.
         raw: the export's tables already read (``osteo screen``: no dxa.csv, rows selected); None: read ``raw_dir``.
 
     Returns:
@@ -222,7 +217,7 @@ def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
                          contrast=int(str(r["contrast"]).strip()))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = _run_tasks(tasks, cfg, out_dir, progress)
+    results = _run_tasks(tasks, cfg, out_dir, progress, compute)
 
     rows: list[dict] = []
     ct_dates: dict[str, list] = {}

@@ -19,11 +19,11 @@ is another stage's output and is never rewritten here).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,7 +34,9 @@ import pandas as pd
 from features import atomic
 from features.radiomics_scalar import scalar_features
 from features.texture import GLCMSettings, TextureInputError, glcm_maps_batch, glcm_maps
+from features.parallel import open_executor
 from features.workspace import workspace_lock
+from osteo_config.compute import ComputeConfig
 from osteo_config.texture import ENGINE_VERSION, TextureConfig  # noqa: F401  (configuration lives in the leaf package)
 
 log = logging.getLogger(__name__)
@@ -154,7 +156,8 @@ def _record_batch(out_dir: Path, entries: dict[str, dict]) -> Path:
     return path
 
 
-def run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: bool = True) -> TextureSummary:
+def run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: bool = True,
+                compute: ComputeConfig | None = None) -> TextureSummary:
     """Compute texture pools and scalar radiomics for every vertebra of ``vertebrae.parquet``.
 
     Crash-safe and resumable: each batch's vertebrae (pools + scalar features) are recorded in
@@ -167,6 +170,7 @@ def run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: b
         ingest_dir: ingestion's output folder (``vertebrae.parquet`` + ROIs).
         out_dir: where pools and tables go (``pool_path`` is relative to it).
         progress: show a tqdm progress bar.
+        compute: where the per-vertebra scalar radiomics run (``compute.dask_address``: a Dask cluster).
 
     Returns:
         Counts of the run (see :class:`TextureSummary`).
@@ -177,10 +181,11 @@ def run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: b
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with workspace_lock(out_dir, "texture"):
-        return _run_texture(cfg, ingest_dir, out_dir, progress)
+        return _run_texture(cfg, ingest_dir, out_dir, progress, compute)
 
 
-def _run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: bool) -> TextureSummary:
+def _run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: bool,
+                 compute: ComputeConfig | None) -> TextureSummary:
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
@@ -199,8 +204,9 @@ def _run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: 
     failed: dict[str, tuple[str, str]] = {}
     nan_voxels, engine_s, engine_vox = 0, 0.0, 0
     bar = tqdm(total=2 * len(todo), desc="texture", disable=not progress)
-    scalar_pool = (ProcessPoolExecutor(max_workers=cfg.workers)
-                   if cfg.workers > 1 and len(todo) > 1 else None)
+    # scalar radiomics per vertebra: serial, processes, or the Dask cluster of compute.dask_address
+    stack = contextlib.ExitStack()
+    scalar_ex = stack.enter_context(open_executor(cfg.workers if len(todo) > 1 else 1, compute))
     try:
         for start in range(0, len(todo), cfg.batch_size):
             batch, rois = [], []
@@ -241,8 +247,7 @@ def _run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: 
             jobs = [(r.item, str(ingest_dir / r.roi_path), [float(s) for s in np.asarray(r.spacing_mm).ravel()],
                      {k: list(v) for k, v in cfg.scalar_features.items()}, cfg.glcm.bin_width)
                     for r in batch if r.item in entries]
-            results = (list(scalar_pool.map(_scalar_job, jobs, chunksize=1)) if scalar_pool is not None
-                       else [_scalar_job(j) for j in jobs])
+            results = scalar_ex.map(_scalar_job, jobs)
             for item, feats, reason, detail in results:
                 bar.update(1)
                 if feats is None:
@@ -256,8 +261,7 @@ def _run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: 
                 log.info("texture: batch of %d vertebrae recorded (%d/%d to do)",
                          len(entries), min(start + cfg.batch_size, len(todo)), len(todo))
     finally:
-        if scalar_pool is not None:
-            scalar_pool.shutdown()
+        stack.close()
     bar.close()
     for item in failed:
         manifest.pop(item, None)

@@ -37,14 +37,16 @@ def ingest(cfg: Config, progress: bool = True):
     """Raw export → pseudonymised ROIs and tables (``features.ingest.run_ingest``)."""
     from features.ingest import run_ingest
 
-    return run_ingest(cfg.ingest, cfg.paths.raw, cfg.paths.ingest_dir, profile=cfg.profile, progress=progress)
+    return run_ingest(cfg.ingest, cfg.paths.raw, cfg.paths.ingest_dir, profile=cfg.profile, progress=progress,
+                      compute=cfg.compute)
 
 
 def texture(cfg: Config, progress: bool = True):
     """ROIs → texture pools + scalar radiomics (``features.texture_stage.run_texture``)."""
     from features.texture_stage import run_texture
 
-    return run_texture(cfg.texture, cfg.paths.ingest_dir, cfg.paths.texture_dir, progress=progress)
+    return run_texture(cfg.texture, cfg.paths.ingest_dir, cfg.paths.texture_dir, progress=progress,
+                       compute=cfg.compute)
 
 
 def splits(cfg: Config):

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 from osteo_config.checks import ChecksConfig
 from osteo_config.cohort import CohortConfig
+from osteo_config.compute import ComputeConfig
 from osteo_config.errors import ConfigError
 from osteo_config.evaluate import EvaluateConfig
 from osteo_config.experiment import DataPaths, ExperimentSpec
@@ -135,6 +136,7 @@ class Config:
     registry: RegistryConfig
     gates: GatesConfig
     screen: ScreenConfig
+    compute: ComputeConfig
     values: Mapping[str, Any] = field(repr=False, compare=False)   # merged params, read-only: hashing/logging only
     source: Path = DEFAULT_PARAMS
 
@@ -150,7 +152,8 @@ class Config:
                    finetune=TrainConfig.from_params(params, "finetune"), method=str(train.get("method", "tp_swav")),
                    evaluate=EvaluateConfig.from_params(params), tracking=TrackingConfig.from_params(params),
                    registry=RegistryConfig.from_params(params), gates=GatesConfig.from_params(params),
-                   screen=ScreenConfig.from_params(params), values=_freeze(params), source=Path(source))
+                   screen=ScreenConfig.from_params(params),
+                   compute=ComputeConfig.from_params(params), values=_freeze(params), source=Path(source))
 
     def as_dict(self) -> dict[str, Any]:
         """The merged params as plain data (a copy), for the shell: printing them, Prefect settings."""
