@@ -19,6 +19,12 @@ isotropic grid (``ingest.spacing_mm``):
    arch, label of the body only) this step is skipped.
 4. Largest connected component again.
 
+How (not what): the ball operations are computed from z-chords of the ball (one cumulative
+sum along z, one shifted AND/OR per chord: :func:`erode_ball`), and the canal holes of every
+slice from one 3-D labelling with in-plane connectivity; both give exactly the sets that
+``scipy.ndimage`` with the ball as structuring element and a per-slice ``binary_fill_holes``
+give (``osteo_testing.roi_reference``, ``tests/features/test_roi_morphology.py``).
+
 A body with fewer than ``ingest.min_body_voxels`` voxels (on the isotropic
 grid) is :class:`~features.errors.VertebraTooSmallError`.
 
@@ -85,6 +91,94 @@ def ellipsoid(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
     return dist <= 1.0 + 1e-9
 
 
+def _chords(radius_mm: float, spacing: np.ndarray) -> list[tuple[int, int, int]]:
+    """The ball of :func:`ellipsoid` as z-chords: (dx, dy, L) = offsets (dx, dy, -L..L) are in the ball."""
+    ball = ellipsoid(radius_mm, spacing)                  # (2rx+1, 2ry+1, 2rz+1), convex and symmetric
+    rx, ry = ball.shape[0] // 2, ball.shape[1] // 2
+    n = ball.sum(axis=2)                                  # (2rx+1, 2ry+1) chord lengths 2L+1 (0 = none)
+    return [(i - rx, j - ry, int(n[i, j]) // 2) for i in range(ball.shape[0]) for j in range(ball.shape[1])
+            if n[i, j] > 0]
+
+
+def _z_window_counts(m: np.ndarray, halves: set[int]) -> dict[int, np.ndarray]:
+    """Per half-length L: (x, y, z) count of True voxels of ``m`` in the z-window ``z-L .. z+L`` (outside = 0).
+
+    One cumulative sum along z (zero-padded by max L + 1) serves every L.
+    """
+    n = m.shape[2]
+    lm = max(halves)
+    padded = np.zeros(m.shape[:2] + (n + 2 * lm + 1,), dtype=np.int16)   # (x, y, z + 2 lm + 1)
+    padded[:, :, lm + 1:lm + 1 + n] = m
+    cs = np.cumsum(padded, axis=2, dtype=np.int16)                        # cs[..., i] = sum(padded[..., :i + 1])
+    return {L: cs[:, :, lm + 1 + L:lm + 1 + L + n] - cs[:, :, lm - L:lm - L + n] for L in halves}
+
+
+def _shifted_reduce(cond: dict[int, np.ndarray], chords, shape, erode: bool) -> np.ndarray:
+    """AND (erode) / OR (dilate) over chords of ``cond[L]`` read at (x + dx, y + dy); outside the array the
+    condition is False (erosion: the offset voxel itself is background; dilation: no mask voxel there).
+
+    The shifts move whole (y, z) rows, so every operation runs over contiguous memory.
+    """
+    out = np.full(shape, erode, dtype=bool)
+    nx, ny, _ = shape
+    rx = max(abs(c[0]) for c in chords)
+    ry = max(abs(c[1]) for c in chords)
+    if rx >= nx or ry >= ny:                 # some moved chord lies wholly outside the array
+        if erode:
+            return np.zeros(shape, dtype=bool)
+    for dx, dy, L in chords:
+        if abs(dx) >= nx or abs(dy) >= ny:
+            continue
+        dst = (slice(max(0, -dx), nx - max(0, dx)), slice(max(0, -dy), ny - max(0, dy)))
+        src = (slice(max(0, dx), nx + min(0, dx)), slice(max(0, dy), ny + min(0, dy)))
+        if erode:
+            out[dst] &= cond[L][src]
+        else:
+            out[dst] |= cond[L][src]
+    if erode:
+        # (x + dx, y + dy) outside the array for some chord: eroded (the union of those slabs)
+        out[:rx], out[nx - rx:], out[:, :ry], out[:, ny - ry:] = False, False, False, False
+    return out
+
+
+def erode_ball(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """Erosion by the ball of ``radius_mm``: exactly ``binary_erosion(mask, ellipsoid(radius_mm, spacing))``.
+
+    The ball is a union of z-chords (offsets ``-L..L`` along z at each (dx, dy)). A voxel survives
+    iff every chord, centred at it and moved by (dx, dy), lies inside the mask, i.e. iff the z
+    window ``z-L .. z+L`` at (x + dx, y + dy) holds 2L + 1 mask voxels. One cumulative sum along
+    z and one shifted AND per chord (29 for 3 mm at 1 mm) replace the ball-sized structuring
+    element (123 voxels). Outside the array counts as background (scipy's ``border_value=0``).
+
+    Args:
+        mask: (x, y, z) bool.
+        radius_mm: ball radius; <= 0 returns the mask.
+        spacing: (3,) voxel size in mm.
+    """
+    m = np.asarray(mask, dtype=bool)
+    if radius_mm <= 0 or m.size == 0:
+        return m.copy()
+    chords = _chords(radius_mm, spacing)
+    counts = _z_window_counts(m, {c[2] for c in chords})
+    return _shifted_reduce({L: c == 2 * L + 1 for L, c in counts.items()}, chords, m.shape, erode=True)
+
+
+def dilate_ball(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """Dilation by the ball: exactly ``binary_dilation(mask, ellipsoid(radius_mm, spacing))`` (a voxel joins
+    iff some chord moved by (dx, dy) reaches a mask voxel; nothing enters from outside the array)."""
+    m = np.asarray(mask, dtype=bool)
+    if radius_mm <= 0 or m.size == 0 or not m.any():
+        return m.copy()
+    chords = _chords(radius_mm, spacing)
+    counts = _z_window_counts(m, {c[2] for c in chords})
+    return _shifted_reduce({L: c > 0 for L, c in counts.items()}, chords, m.shape, erode=False)
+
+
+def open_ball(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """Opening by the Euclidean ball: ``binary_opening(mask, ellipsoid(radius_mm, spacing))``, exactly."""
+    return dilate_ball(erode_ball(mask, radius_mm, spacing), radius_mm, spacing)
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest face-connected component of ``mask`` (empty stays empty)."""
     lab, n = ndimage.label(mask)
@@ -105,20 +199,26 @@ def canal_front(vertebra: np.ndarray, body: np.ndarray) -> float | None:
     if not body.any():
         return None
     body_y = float(np.nonzero(body)[1].mean())
-    fronts = []
-    for z in range(vertebra.shape[2]):
-        sl = vertebra[:, :, z]
-        if not sl.any():
-            continue
-        holes = ndimage.binary_fill_holes(sl) & ~sl
-        if not holes.any():
-            continue
-        lab, n = ndimage.label(holes)
-        for h in range(1, n + 1):
-            ys = np.nonzero(lab == h)[1]
-            if ys.mean() < body_y:           # posterior to the body: the canal
-                fronts.append(ys.max())
-    return float(np.median(fronts)) if fronts else None
+    # every axial slice at once: background components 4-connected within their slice (z never links)
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+    lab, n = ndimage.label(~vertebra.astype(bool), structure=in_plane)
+    if n == 0:
+        return None
+    # a component touching the slice's x/y border is outside; the others are the holes binary_fill_holes fills
+    outside = np.zeros(n + 1, dtype=bool)
+    outside[0] = True                                     # label 0 = the vertebra itself
+    outside[np.concatenate([lab[0].ravel(), lab[-1].ravel(), lab[:, 0].ravel(), lab[:, -1].ravel()])] = True
+    hole_ids = lab[~outside[lab]]                         # (holes,) component id of every hole voxel
+    if hole_ids.size == 0:
+        return None
+    hole_y = np.nonzero(~outside[lab])[1]                 # (holes,) their y (same C order as hole_ids)
+    ids, inverse = np.unique(hole_ids, return_inverse=True)
+    mean_y = np.bincount(inverse, weights=hole_y) / np.bincount(inverse)
+    front_y = np.full(ids.size, -1, dtype=np.int64)
+    np.maximum.at(front_y, inverse, hole_y)               # most anterior row of each hole
+    canal = mean_y < body_y                               # a hole posterior to the body: the canal
+    return float(np.median(front_y[canal])) if canal.any() else None
 
 
 def body_mask(vertebra: np.ndarray, spacing: np.ndarray, opening_mm: float) -> np.ndarray:
@@ -134,16 +234,20 @@ def body_mask(vertebra: np.ndarray, spacing: np.ndarray, opening_mm: float) -> n
     """
     pad = int(np.ceil(opening_mm / float(np.min(spacing)))) + 1
     v = np.pad(vertebra.astype(bool), pad)  # opening near the array border must not erode the body
-    ball = ellipsoid(opening_mm, spacing)
-    opened = ndimage.binary_opening(v, structure=ball) if opening_mm > 0 else v
-    body = largest_component(opened)
+    body = largest_component(open_ball(v, opening_mm, spacing))
     front = canal_front(v, body)
     if front is not None:
         ys = np.arange(v.shape[1])[None, :, None]
         cut = body & (ys > front)
         # the cut leaves thin pedicle stubs beside the posterior wall: open once more
-        body = largest_component(ndimage.binary_opening(cut, structure=ball) if opening_mm > 0 else cut)
+        body = largest_component(open_ball(cut, opening_mm, spacing))
     return body[pad:-pad, pad:-pad, pad:-pad]
+
+
+def _label_boxes(labels: np.ndarray, max_label: int, wanted: list[int]) -> list[tuple[slice, ...] | None]:
+    """Per wanted label, its bounding box in ``labels`` (slices; None when absent), from one pass."""
+    found = ndimage.find_objects(np.asarray(labels), max_label=int(max_label))
+    return [found[w - 1] if 1 <= w <= len(found) else None for w in wanted]
 
 
 def _stats(hu: np.ndarray, core: np.ndarray, body_voxels: int) -> dict[str, float]:
@@ -172,32 +276,33 @@ def extract_rois(ct: Volume, levels: Volume, spec: RoiSpec, item: str,
     ratio = grid_ratio(ct.spacing, target)
     shape = np.asarray(spec.roi_shape, dtype=np.int64)
     lab = levels.array
-    nz = np.nonzero(np.isin(lab, wanted))
+    # bounding box of every wanted level in one pass (find_objects: slice per label value 1..max)
+    boxes = [b for b in _label_boxes(lab, max(wanted), wanted) if b is not None]
+    lo = np.min([[s.start for s in b] for b in boxes], axis=0)
+    hi = np.max([[s.stop - 1 for s in b] for b in boxes], axis=0)
     margin = shape // 2 + int(np.ceil(spec.body_opening_mm / target.min())) + 2
-    kmin = np.floor(np.array([a.min() for a in nz]) / ratio).astype(np.int64) - margin
-    kmax = np.ceil(np.array([a.max() for a in nz]) / ratio).astype(np.int64) + margin
+    kmin = np.floor(lo / ratio).astype(np.int64) - margin
+    kmax = np.ceil(hi / ratio).astype(np.int64) + margin
     # (X, Y, Z) labels on the isotropic grid around all wanted vertebrae
     iso = sample_grid(lab, ratio, kmin, tuple(kmax - kmin + 1), order=0, cval=0)
     coeffs = ct.array
     if spec.ct_spline_order > 1:
         coeffs = ndimage.spline_filter(ct.array.astype(np.float64), order=spec.ct_spline_order, mode="nearest")
-    core_ball = ellipsoid(spec.core_erosion_mm, target)
     lo_w, hi_w = spec.hu_window
     out: list[VertebraROI | VertebraTooSmallError] = []
-    for level in wanted:
+    iso_boxes = _label_boxes(iso, max(wanted), wanted)
+    for level, box in zip(wanted, iso_boxes):
         name = LEVEL_NAMES[level - 1]
         vitem = f"{item}:{level}"
-        vert = iso == level
-        if not vert.any():
+        if box is None:
             out.append(VertebraTooSmallError(vitem, f"{name} label vanishes on the {target[0]:.2f} mm grid",
                                              "check the segmentation of this level"))
             continue
-        idx = np.nonzero(vert)
-        b0 = np.array([a.min() for a in idx]) - 1
-        b1 = np.array([a.max() for a in idx]) + 2
-        b0 = np.maximum(b0, 0)
+        # the level's bounding box on the iso grid, one voxel of margin (clipped to the grid)
+        b0 = np.maximum(np.array([sl.start for sl in box]) - 1, 0)
+        b1 = np.array([sl.stop for sl in box]) + 1
         crop = tuple(slice(int(a), int(b)) for a, b in zip(b0, b1))
-        body_local = body_mask(vert[crop], target, spec.body_opening_mm)
+        body_local = body_mask(iso[crop] == level, target, spec.body_opening_mm)
         n_body = int(body_local.sum())
         if n_body < spec.min_body_voxels:
             out.append(VertebraTooSmallError(
@@ -219,7 +324,7 @@ def extract_rois(ct: Volume, levels: Volume, spec: RoiSpec, item: str,
         if all(a.stop > a.start for a in src):
             body[tuple(dst)] = body_local[tuple(src)]
         body &= fov
-        core = ndimage.binary_erosion(body, structure=core_ball) & fov if spec.core_erosion_mm > 0 else body
+        core = erode_ball(body, spec.core_erosion_mm, target) & fov if spec.core_erosion_mm > 0 else body
         if not core.any():
             out.append(VertebraTooSmallError(
                 vitem, f"{name} body has no trabecular core after a {spec.core_erosion_mm} mm erosion",
