@@ -116,6 +116,31 @@ class CalibrationRule:
     slope: tuple[float, float] = (0.5, 2.0)
 
 
+BOUNDS = ("ci", "point")
+EVIDENCE_ACTIONS = ("block", "warn")
+
+
+@dataclass(frozen=True)
+class EvidenceRule:
+    """Minimum evidence per scope: patients with and without osteoporosis a gate needs to decide.
+
+    A rule or drop check whose scope's test split holds fewer than ``positives`` osteoporotic or
+    ``negatives`` other patients is ``insufficient`` (not pass, not fail); ``action: block`` stops
+    the promotion on it, ``warn`` lets the other gates decide and shows it.
+    """
+
+    positives: int = 10
+    negatives: int = 10
+    action: str = "block"
+
+    def __post_init__(self) -> None:
+        if self.positives < 0 or self.negatives < 0:
+            raise RegistryConfigError("registry.gates.min_evidence: positives and negatives must be >= 0")
+        if self.action not in EVIDENCE_ACTIONS:
+            raise RegistryConfigError(f"registry.gates.min_evidence.action={self.action!r}: "
+                                      f"use one of {list(EVIDENCE_ACTIONS)}")
+
+
 def _check_scope(scope: str, level: str, where: str) -> None:
     if scope not in SCOPES or level not in LEVELS:
         raise RegistryConfigError(f"{where}: scope {scope!r} / level {level!r}: scope in {SCOPES}, level in {LEVELS}")
@@ -131,8 +156,14 @@ class GatesConfig:
     max_drop: tuple[DropRule, ...] = ()
     subgroup_sensitivity: SubgroupRule | None = None
     calibration: CalibrationRule | None = None
+    bound: str = "ci"                  # rules: ci = min vs <metric>_lo, max vs <metric>_hi; point = the estimate
+    drop_bound: str = "point"          # max_drop: point = paired difference; ci = its worse CI end
+    min_evidence: EvidenceRule | None = None
 
     def __post_init__(self) -> None:
+        for key in ("bound", "drop_bound"):
+            if getattr(self, key) not in BOUNDS:
+                raise RegistryConfigError(f"registry.gates.{key}={getattr(self, key)!r}: use one of {list(BOUNDS)}")
         for i, r in enumerate(self.rules):
             _check_scope(r.scope, r.level, f"registry.gates.rules[{i}]")
             if r.min is None and r.max is None:
@@ -152,19 +183,23 @@ class GatesConfig:
         sites = tuple(ev.get("sites", ("A", "B", "C", "D")))
         external = tuple(ev.get("external_sites", ("D",)))
         g = dict((params.get("registry") or {}).get("gates") or {})
-        unknown = set(g) - {"rules", "max_drop", "subgroup_sensitivity", "calibration"}
+        unknown = set(g) - {"rules", "max_drop", "subgroup_sensitivity", "calibration", "bound", "drop_bound",
+                            "min_evidence"}
         if unknown:
             raise RegistryConfigError(f"registry.gates: unknown keys {sorted(unknown)}")
         try:
             sub = g.get("subgroup_sensitivity")
             cal = g.get("calibration")
+            ev = g.get("min_evidence")
             return cls(internal_sites=tuple(s for s in sites if s not in external), external_sites=external,
                        rules=tuple(GateRule(**r) for r in g.get("rules") or ()),
                        max_drop=tuple(DropRule(**r) for r in g.get("max_drop") or ()),
                        subgroup_sensitivity=None if sub is None else SubgroupRule(
                            **{**sub, "attributes": tuple(sub.get("attributes", SubgroupRule.attributes))}),
                        calibration=None if cal is None else CalibrationRule(
-                           **{**cal, "slope": tuple(cal.get("slope", CalibrationRule.slope))}))
+                           **{**cal, "slope": tuple(cal.get("slope", CalibrationRule.slope))}),
+                       bound=str(g.get("bound", "ci")), drop_bound=str(g.get("drop_bound", "point")),
+                       min_evidence=None if ev is None else EvidenceRule(**ev))
         except TypeError as exc:
             raise RegistryConfigError(f"registry.gates: {exc}; see the key comments in params.yaml") from exc
 

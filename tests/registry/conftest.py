@@ -80,15 +80,52 @@ def gates_cfg() -> GatesConfig:
 
 
 def fake_metrics(sen: float = 80.0, f1: float = 70.0, auroc: float = 0.9, slope: float = 1.0,
-                 **site_overrides: dict) -> dict:
-    """A metrics dict in the evaluate_predictions layout with chosen values."""
+                 half_width: float = 0.0, n_pos: int = 20, n_patients: int = 50, **site_overrides: dict) -> dict:
+    """A metrics dict in the evaluate_predictions layout with chosen values.
+
+    Every metric gets a CI ``<k>_lo`` / ``<k>_hi`` of +- ``half_width`` around its (possibly
+    overridden) value unless the override sets the ends; every scope counts ``n_pos``
+    osteoporotic of ``n_patients`` patients.
+    """
+    def block(values: dict) -> dict:
+        out = dict(values)
+        for k, v in values.items():
+            if k.endswith(("_lo", "_hi")) or k in ("n_pos", "n_patients", "n") or v is None:
+                continue
+            out.setdefault(f"{k}_lo", v - half_width)
+            out.setdefault(f"{k}_hi", v + half_width)
+        out.setdefault("n_pos", n_pos)
+        out.setdefault("n_patients", n_patients)
+        out.setdefault("n", out["n_patients"])
+        return out
+
     m: dict = {}
     for s in "ABCD":
         pat = {"sen": sen, "spe": 80.0, "f1": f1, "acc": 80.0, "auroc": auroc}
         pat.update(site_overrides.get(s, {}))
-        m[f"site_{s}"] = {"patient": pat, "vertebra": dict(pat, cal_slope=slope)}
+        m[f"site_{s}"] = {"patient": block(pat), "vertebra": block(dict(pat, cal_slope=slope))}
     for scope in ("internal", "external", "pooled"):
-        m[scope] = {"patient": {"sen": sen, "f1": f1, "auroc": auroc},
-                    "vertebra": {"sen": sen, "f1": f1, "auroc": auroc, "cal_slope": slope}}
+        m[scope] = {"patient": block({"sen": sen, "f1": f1, "auroc": auroc}),
+                    "vertebra": block({"sen": sen, "f1": f1, "auroc": auroc, "cal_slope": slope})}
     m["subgroups"] = {"sex": {"F": {"n": 30, "n_pos": 10, "sen": sen}, "M": {"n": 20, "n_pos": 5, "sen": sen}}}
     return m
+
+
+def with_paired(candidate: dict, champion: dict | None, champion_version: str | None,
+                half_width: float = 0.0) -> dict:
+    """``candidate`` plus ``vs_champion`` as ``osteo evaluate`` writes it: candidate - champion per scope
+    and patient-level metric (both scored on the same patients), CI +- ``half_width``."""
+    if champion is None:
+        return candidate
+    comp: dict = {"champion_version": champion_version}
+    for scope, levels in candidate.items():
+        if not scope.startswith(("site_", "internal", "external", "pooled")):
+            continue
+        paired = {}
+        for k, v in levels["patient"].items():
+            c = (champion.get(scope) or {}).get("patient", {}).get(k)
+            if k.endswith(("_lo", "_hi")) or k.startswith("n") or v is None or c is None:
+                continue
+            paired[k] = {"diff": v - c, "lo": v - c - half_width, "hi": v - c + half_width, "p": 0.5}
+        comp[scope] = {"patient": paired}
+    return {**candidate, "vs_champion": comp}

@@ -11,7 +11,7 @@ from osteo_config.params import load_params
 from registry.errors import RegistryConfigError
 from registry.gates import GateReport, GatesConfig, evaluate_gates
 
-from .conftest import fake_metrics
+from .conftest import fake_metrics, with_paired
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,17 +53,83 @@ def test_missing_or_null_metric_is_a_failure_not_a_pass(gates_cfg):
     assert not evaluate_gates(nan, None, gates_cfg).passed
 
 
-def test_drop_vs_champion(gates_cfg):
+def test_drop_vs_champion_reads_the_paired_comparison(gates_cfg):
     champion = fake_metrics(f1=80.0)
-    ok = evaluate_gates(fake_metrics(f1=76.0), champion, gates_cfg, champion_version="3")
+    ok = evaluate_gates(with_paired(fake_metrics(f1=76.0), champion, "3"), champion, gates_cfg, champion_version="3")
     assert ok.passed and ok.champion_version == "3"
-    bad = evaluate_gates(fake_metrics(f1=80.0, A={"f1": 72.0}), champion, gates_cfg, champion_version="3")
+    bad = evaluate_gates(with_paired(fake_metrics(f1=80.0, A={"f1": 72.0}), champion, "3"), champion, gates_cfg,
+                         champion_version="3")
     (f,) = bad.failures
     assert (f.gate, f.scope, f.metric, f.value, f.bound) == ("max_drop[0]", "site_A", "f1", 72.0, 5.0)
-    assert "champion 80" in f.note and "drop 8" in f.note
-    gap = fake_metrics(f1=80.0)
-    del gap["site_B"]["patient"]["f1"]
-    assert ("max_drop[0]", "site_B", "f1") in _fails(evaluate_gates(fake_metrics(), gap, gates_cfg, "3"))
+    assert "paired" in f.note and "drop 8" in f.note
+    gap = with_paired(fake_metrics(), fake_metrics(f1=80.0), "3")
+    del gap["vs_champion"]["site_B"]["patient"]["f1"]
+    assert ("max_drop[0]", "site_B", "f1") in _fails(evaluate_gates(gap, champion, gates_cfg, "3"))
+
+
+def test_drop_never_uses_the_champions_registration_metrics(gates_cfg):
+    # registered on another test set the champion looked much better (f1 95): the paired comparison on
+    # the same patients says the candidate is no worse, so the drop gate passes; without it, it fails
+    registered = fake_metrics(f1=95.0)
+    same_patients = fake_metrics(f1=71.0)
+    cand = with_paired(fake_metrics(f1=70.0), same_patients, "3")
+    assert evaluate_gates(cand, registered, gates_cfg, "3").passed
+    missing = evaluate_gates(fake_metrics(f1=70.0), registered, gates_cfg, "3")
+    assert {c.gate for c in missing.failures} == {"max_drop[0]"}
+    assert all("no paired comparison" in c.note for c in missing.failures)
+
+
+def test_drop_compared_with_another_champion_is_stale(gates_cfg):
+    cand = with_paired(fake_metrics(), fake_metrics(), "2")
+    r = evaluate_gates(cand, fake_metrics(), gates_cfg, champion_version="3")
+    assert {c.gate for c in r.failures} == {"max_drop[0]"} and all("stale" in c.note for c in r.failures)
+
+
+def test_drop_on_the_ci_end_is_stricter(gates_cfg):
+    from dataclasses import replace
+    cand = with_paired(fake_metrics(f1=78.0), fake_metrics(f1=80.0), "3", half_width=6.0)   # diff -2 [-8, 4]
+    assert evaluate_gates(cand, {}, gates_cfg, "3").passed
+    strict = replace(gates_cfg, drop_bound="ci")
+    r = evaluate_gates(cand, {}, strict, "3")
+    assert {(c.gate, c.scope) for c in r.failures} == {("max_drop[0]", f"site_{s}") for s in "ABC"}
+    assert all("drop 8" in c.note for c in r.failures)
+
+
+def test_floor_applies_to_the_lower_ci_bound(gates_cfg):
+    # point estimate 70 % clears the 60 % floor, but the lower CI bound (58 %) does not: evidence says nothing
+    m = fake_metrics(B={"sen": 70.0, "sen_lo": 58.0})
+    r = evaluate_gates(m, None, gates_cfg)
+    (f,) = r.failures
+    assert (f.gate, f.scope, f.value, f.bound) == ("rules[0]", "site_B", 58.0, (60.0, None))
+    assert "point 70" in f.note
+    from dataclasses import replace
+    assert evaluate_gates(m, None, replace(gates_cfg, bound="point")).passed
+    no_ci = fake_metrics()
+    del no_ci["site_A"]["patient"]["sen_lo"]
+    (f,) = evaluate_gates(no_ci, None, gates_cfg).failures
+    assert f.scope == "site_A" and "ci_metrics" in f.note
+
+
+def test_too_few_patients_is_insufficient_evidence_not_a_pass(gates_cfg):
+    from dataclasses import replace
+    from registry.gates import EvidenceRule
+    cfg = replace(gates_cfg, min_evidence=EvidenceRule(positives=10, negatives=10, action="block"))
+    m = fake_metrics()
+    m["site_C"]["patient"].update(n_pos=2, n_patients=7, n=7)       # the demo's site C before this issue
+    r = evaluate_gates(m, None, cfg)
+    assert not r.failures and not r.passed
+    assert {(c.gate, c.scope) for c in r.insufficient} == {("rules[0]", "site_C")}
+    (c,) = r.insufficient
+    assert "2 osteoporotic / 5 other" in c.note and "would pass" in c.note
+    assert any("insufficient evidence" in line for line in r.failure_lines())
+    assert r.by_scope()["site_C"]["insufficient"] == 1 and r.by_scope()["site_A"]["pass"] == 1
+    warn = evaluate_gates(m, None, replace(cfg, min_evidence=EvidenceRule(10, 10, "warn")))
+    assert warn.passed and len(warn.insufficient) == 1 and not warn.failure_lines()
+    back = GateReport.from_dict(warn.to_dict())
+    assert back == warn and back.passed
+    # a metric missing in a thin scope still fails (incomplete), it is not excused as "insufficient"
+    del m["site_C"]["patient"]["sen"]
+    assert ("rules[0]", "site_C", "sen") in _fails(evaluate_gates(m, None, cfg))
 
 
 def test_subgroup_sensitivity_and_underpowered_subgroups(gates_cfg):
@@ -86,7 +152,7 @@ def test_calibration_slope_bounds(gates_cfg):
 
 
 def test_report_round_trip_and_coverage(gates_cfg):
-    r = evaluate_gates(fake_metrics(B={"sen": 10.0}), fake_metrics(), gates_cfg, "2")
+    r = evaluate_gates(with_paired(fake_metrics(B={"sen": 10.0}), fake_metrics(), "2"), fake_metrics(), gates_cfg, "2")
     back = GateReport.from_dict(r.to_dict())
     assert back == r and back.failure_lines() == r.failure_lines()
     other = GatesConfig(rules=gates_cfg.rules[:1])

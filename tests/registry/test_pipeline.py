@@ -14,7 +14,7 @@ from registry.pipeline import (audit_log, champion_ref, default_actor, promote_c
                                rollback_champion)
 from registry.registry import CHAMPION, PREVIOUS
 
-from .conftest import LINEAGE, fake_metrics
+from .conftest import LINEAGE, fake_metrics, with_paired
 
 NAME = "osteo-pipeline"
 
@@ -75,7 +75,9 @@ def test_promote_reject_rollback_through_the_pipeline_steps(tracking, gates_cfg,
     assert {k: tags[k] for k in LINEAGE} == LINEAGE and tags["training_run_id"] == good.run_id
     assert champion_ref(cfg) == (out1["version"], f"models:/{NAME}/{out1['version']}")
 
-    bad = Candidate(tracking, tmp_path / "c2", fake_metrics(B={"sen": 35.0}), offset=3.0)
+    # later candidates are evaluated against the champion on the same test patients (osteo evaluate's vs_champion)
+    bad = Candidate(tracking, tmp_path / "c2", with_paired(fake_metrics(B={"sen": 35.0}), fake_metrics(f1=70.0),
+                                                           out1["version"]), offset=3.0)
     out2 = _promote(cfg, gates_cfg, bad, tmp_path / "promotion.json")
     assert out2["state"] == "rejected" and out2["aliases"] == {CHAMPION: out1["version"]}
     assert out2["compared_with_champion"] == out1["version"]
@@ -84,7 +86,8 @@ def test_promote_reject_rollback_through_the_pipeline_steps(tracking, gates_cfg,
     assert tracking.client.get_model_version(NAME, out2["version"]).tags["osteo.status"] == "refused"
     assert json.loads((tmp_path / "promotion.json").read_text())["failed_gates"] == out2["failed_gates"]
 
-    better = Candidate(tracking, tmp_path / "c3", fake_metrics(f1=74.0), offset=5.0)
+    better = Candidate(tracking, tmp_path / "c3", with_paired(fake_metrics(f1=74.0), fake_metrics(f1=70.0),
+                                                              out1["version"]), offset=5.0)
     out3 = _promote(cfg, gates_cfg, better, tmp_path / "promotion.json", actor="alice", reason="better F1")
     assert out3["state"] == "promoted" and out3["previous_champion"] == out1["version"]
     assert out3["aliases"] == {CHAMPION: out3["version"], PREVIOUS: out1["version"]}

@@ -14,14 +14,14 @@ from registry.gates import evaluate_gates
 from registry.registry import (CHALLENGER, CHAMPION, PREVIOUS, aliases, artifact_digest, champion_metrics,
                                decide_promotion, promote, register_candidate, rollback)
 
-from .conftest import LINEAGE, fake_metrics
+from .conftest import LINEAGE, fake_metrics, with_paired
 
 NAME = "osteo-screening"
 
 
 def _register(tracking, gates_cfg, metrics, offset=0.0, tags=LINEAGE):
     champ_version, champ_metrics = champion_metrics(NAME, tracking.uri) if _exists(tracking) else (None, None)
-    report = evaluate_gates(metrics, champ_metrics, gates_cfg, champ_version)
+    report = evaluate_gates(with_paired(metrics, champ_metrics, champ_version), champ_metrics, gates_cfg, champ_version)
     version = register_candidate(tracking.log_model(offset), NAME, tags, metrics, report,
                                  tracking_uri=tracking.uri, actor="ci")
     return version, report
