@@ -239,7 +239,7 @@ def registry_promote(
     except RegistryError as exc:
         _fail(exc)
     _echo_promotion(out)
-    if out["state"] != "promoted" and fail_on_reject:
+    if out["state"] == "rejected" and fail_on_reject:
         raise typer.Exit(code=EXIT_REJECTED)
 
 
@@ -260,15 +260,91 @@ def registry_rollback(
                f"{out['actor']}: {out['reason']}); aliases {out['aliases']}")
 
 
+@registry_app.command("approve")
+def registry_approve(
+    ctx: typer.Context,
+    version: str = typer.Argument(..., help="The version awaiting approval (registry.approval: required)."),
+    reason: str = typer.Option(..., help="Why (required; recorded in the audit log)."),
+    approver: Optional[str] = typer.Option(None, help="Who approves, a named person (default: $OSTEO_ACTOR)."),
+) -> None:
+    """A named approver moves champion to VERSION (gates re-checked under the current config); exit 3 if refused."""
+    from registry.errors import RegistryError
+
+    try:
+        out = steps.registry_approve(_cfg(ctx), version, reason, approver=approver)
+    except RegistryError as exc:
+        _fail(exc)
+    if out["state"] != "promoted":
+        typer.echo(f"{out['model_name']} v{version}: approval REFUSED: " + "; ".join(out["reasons"]), err=True)
+        raise typer.Exit(code=EXIT_REJECTED)
+    typer.echo(f"{out['model_name']} v{version}: APPROVED by {out['actor']}, now champion; aliases {out['aliases']} "
+               f"(audit event {out['event_seq']})")
+
+
+@registry_app.command("reject")
+def registry_reject(
+    ctx: typer.Context,
+    version: str = typer.Argument(..., help="The version awaiting approval."),
+    reason: str = typer.Option(..., help="Why (required; recorded in the audit log)."),
+    approver: Optional[str] = typer.Option(None, help="Who rejects, a named person (default: $OSTEO_ACTOR)."),
+) -> None:
+    """A named approver turns down VERSION (it loses challenger; champion unchanged)."""
+    from registry.errors import RegistryError
+
+    try:
+        out = steps.registry_reject(_cfg(ctx), version, reason, approver=approver)
+    except RegistryError as exc:
+        _fail(exc)
+    typer.echo(f"{out['model_name']} v{version}: REJECTED by {out['actor']}; aliases {out['aliases']} "
+               f"(audit event {out['event_seq']})")
+
+
+@registry_app.command("repair")
+def registry_repair(
+    ctx: typer.Context,
+    roll_back: bool = typer.Option(False, "--roll-back", help="Undo the cut-short operation instead of finishing it."),
+    actor: Optional[str] = typer.Option(None, help="Who repairs (default: $OSTEO_ACTOR, else the OS user)."),
+) -> None:
+    """Finish (or --roll-back) a promotion cut short by a crash, so aliases, tags and the log agree; exit 1 if not."""
+    from registry.errors import RegistryError
+
+    try:
+        out = steps.registry_repair(_cfg(ctx), roll_back=roll_back, actor=actor)
+    except RegistryError as exc:
+        _fail(exc)
+    for e in out["repaired"]:
+        typer.echo(f"repaired: seq {e['seq']} {e['event']} v{e['version']} ({e['reason']})")
+    if not out["repaired"]:
+        typer.echo("nothing to repair: no operation was cut short")
+    if out["problems"]:
+        typer.echo("STILL INCONSISTENT: " + "; ".join(out["problems"]), err=True)
+        raise typer.Exit(code=EXIT_ERROR)
+    typer.echo(f"consistent; aliases {out['aliases']}")
+
+
 @registry_app.command("log")
-def registry_log(ctx: typer.Context) -> None:
-    """The append-only promotion log (who / what / when / why), hash chain verified; exit 2 if it is broken."""
-    out = steps.registry_log(_cfg(ctx))
+def registry_log(
+    ctx: typer.Context,
+    verify: bool = typer.Option(True, "--verify/--no-verify",
+                                help="Check the keyed (HMAC-SHA256) chain: an edited, removed or foreign-key row "
+                                     "exits 2."),
+) -> None:
+    """The append-only promotion log (who / what / when / why), keyed hash chain verified; exit 2 if it is broken."""
+    from registry.errors import RegistryError
+
+    try:
+        out = steps.registry_log(_cfg(ctx))
+    except RegistryError as exc:
+        _fail(exc)
     typer.echo(out["text"])
+    if out["pending_intents"]:
+        typer.echo(f"CUT SHORT: intents {out['pending_intents']} never completed: run `osteo registry repair`", err=True)
+    if not verify:
+        return
     if not out["chain_ok"]:
         typer.echo(f"HASH CHAIN BROKEN: {out['chain_error']}", err=True)
         raise typer.Exit(code=EXIT_CHAIN_BROKEN)
-    typer.echo(f"hash chain verified: {out['n_verified']} events, intact")
+    typer.echo(f"keyed hash chain verified: {out['n_verified']} rows, intact")
 
 
 @registry_app.command("status")

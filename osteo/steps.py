@@ -197,6 +197,27 @@ def rollback(cfg: Config, reason: str, actor: str | None = None) -> dict:
     return rollback_champion(cfg.registry, reason, actor=actor)
 
 
+def registry_approve(cfg: Config, version: str, reason: str, approver: str | None = None) -> dict:
+    """A named approver moves champion to ``version`` (``registry.pipeline.approve_version``)."""
+    from registry.pipeline import approve_version
+
+    return approve_version(cfg.registry, cfg.gates, version, reason, approver=approver)
+
+
+def registry_reject(cfg: Config, version: str, reason: str, approver: str | None = None) -> dict:
+    """A named approver turns down ``version`` (``registry.pipeline.reject_version``)."""
+    from registry.pipeline import reject_version
+
+    return reject_version(cfg.registry, version, reason, approver=approver)
+
+
+def registry_repair(cfg: Config, roll_back: bool = False, actor: str | None = None) -> dict:
+    """Finish or undo operations cut short by a crash (``registry.pipeline.repair_registry``)."""
+    from registry.pipeline import repair_registry
+
+    return repair_registry(cfg.registry, roll_back=roll_back, actor=actor)
+
+
 def registry_status(cfg: Config) -> dict:
     """Versions, aliases and the champion's headline metrics (``registry.pipeline.registry_status``)."""
     from registry.pipeline import registry_status as _status

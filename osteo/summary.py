@@ -33,6 +33,9 @@ def _echo_promotion(out: dict[str, Any]) -> None:
     if out["state"] == "promoted":
         prev = out.get("previous_champion")
         typer.echo(f"{name} v{version}: PROMOTED to champion" + (f" (previous-champion v{prev})" if prev else ""))
+    elif out["state"] == "awaiting_approval":
+        typer.echo(f"{name} v{version}: gates PASSED, AWAITING APPROVAL (challenger; registry.approval: required): "
+                   f"`osteo registry approve {version} --reason TEXT --approver NAME`")
     else:
         champ = out.get("champion")
         typer.echo(f"{name} v{version}: REJECTED; it stays registered (status refused), champion "

@@ -41,3 +41,15 @@ class EvaluationMissingError(RegistryError):
 
 class StaleEvaluationError(RegistryError):
     """The evaluation on disk belongs to another candidate, or its metrics file changed after it was written."""
+
+
+class AuditKeyError(RegistryError):
+    """No usable HMAC key for the audit chain (missing, short, readable by others, or the demo key off SQLite)."""
+
+
+class PendingIntentError(RegistryError):
+    """A promotion was cut short (an ``intent`` without its completion): run ``osteo registry repair`` first."""
+
+
+class ApprovalError(RegistryError):
+    """An approval or rejection cannot be recorded (no approver named, nothing awaiting approval, stale gates)."""

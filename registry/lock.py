@@ -1,10 +1,14 @@
-"""The registry's promotion lock: one promotion, registration or rollback at a time per tracking database.
+"""The registry's promotion lock: one promotion, registration, approval or rollback at a time per registry store.
 
-* PostgreSQL tracking URI: a session-level advisory lock (``pg_try_advisory_lock``)
+The lock lives in the **registry store** (``RegistryConfig.store_uri``: ``registry.lock_uri``,
+else the tracking database), never in the MLflow tracking server: an ``http(s)://``
+server offers no lock, so a deployment behind one names a database of its own.
+
+* PostgreSQL store: a session-level advisory lock (``pg_try_advisory_lock``)
   on a dedicated connection, polled until ``timeout_s``; PostgreSQL releases it
-  if the holder dies.
-* SQLite tracking URI: an exclusive ``fcntl.flock`` on ``<database>.lock`` beside
-  the database file; the kernel releases it if the holder dies.
+  if the holder dies. Every client of one PostgreSQL store excludes every other.
+* SQLite store: an exclusive ``fcntl.flock`` on ``<database>.lock`` beside
+  the database file; the kernel releases it if the holder dies (one machine only).
 
 Everything that reads the aliases and then moves them runs inside this lock,
 so the champion is always re-read after the lock is held.
@@ -81,19 +85,20 @@ def _advisory_lock(tracking_uri: str, timeout_s: float) -> Iterator[None]:
 
 
 @contextmanager
-def registry_lock(tracking_uri: str, timeout_s: float = 60.0) -> Iterator[None]:
-    """Hold the registry lock of ``tracking_uri`` for the ``with`` body.
+def registry_lock(store_uri: str, timeout_s: float = 60.0) -> Iterator[None]:
+    """Hold the registry lock of the registry store ``store_uri`` for the ``with`` body.
 
     Raises:
         RegistryLockError: not acquired within ``timeout_s``.
         RegistryConfigError: the URI is neither SQLite nor PostgreSQL.
     """
-    if tracking_uri.startswith("postgresql"):
-        with _advisory_lock(tracking_uri, timeout_s):
+    if store_uri.startswith("postgresql"):
+        with _advisory_lock(store_uri, timeout_s):
             yield
-    elif tracking_uri.startswith("sqlite:///"):
-        db = sqlite_path(tracking_uri)
+    elif store_uri.startswith("sqlite:///"):
+        db = sqlite_path(store_uri)
         with _file_lock(db.with_name(db.name + ".lock"), timeout_s):
             yield
     else:
-        raise RegistryConfigError(f"tracking URI {tracking_uri!r}: the registry lock needs sqlite:/// or postgresql://")
+        raise RegistryConfigError(f"registry store {store_uri!r}: the registry lock needs sqlite:/// or postgresql:// "
+                                  "(an MLflow server http(s):// URI holds no lock: set registry.lock_uri)")

@@ -30,8 +30,8 @@ from registry import audit
 from registry.config import RegistryConfig
 from registry.errors import (AuditLogError, EvaluationMissingError, RegistryError, StaleEvaluationError)
 from registry.gates import GateReport, GatesConfig, evaluate_gates
-from registry.registry import (CHAMPION, _client, aliases, champion_metrics, headline, promote, register_candidate,
-                               rollback)
+from registry.registry import (CHAMPION, _client, aliases, approve, champion_metrics, consistency, headline, promote,
+                               register_candidate, reject, repair, rollback)
 
 # training-run tags copied onto the registered version beside the required lineage tags
 EXTRA_TAGS = ("method", "profile", "git_commit", "git_dirty", "backbone", "pretrain", "loss", "moe")
@@ -46,6 +46,17 @@ def default_actor() -> str:
         return getpass.getuser()
     except (KeyError, OSError):                    # no passwd entry (containers)
         return "unknown"
+
+
+def audit_key(cfg: RegistryConfig) -> bytes:
+    """The audit chain's HMAC key of ``cfg`` (``registry.audit_key_env`` / ``audit_key_file`` / demo on SQLite)."""
+    return audit.load_audit_key(cfg.audit_key_env, cfg.audit_key_file, cfg.allow_demo_audit_key, cfg.store_uri)[0]
+
+
+def _store(cfg: RegistryConfig) -> dict[str, Any]:
+    """Keyword arguments naming the registry store of ``cfg`` for :mod:`registry.registry`."""
+    return {"tracking_uri": cfg.uri, "store_uri": cfg.store_uri, "audit_key": audit_key(cfg),
+            "lock_timeout_s": cfg.lock_timeout_s}
 
 
 def champion_ref(cfg: RegistryConfig) -> tuple[str, str] | None:
@@ -137,14 +148,15 @@ def promote_candidate(cfg: RegistryConfig, gates: GatesConfig, finetune_json: Pa
     metrics, record = read_evaluation(evaluate_json, candidate)
     actor = actor or default_actor()
     reason = reason or f"osteo registry promote: {candidate.get('method', 'candidate')} run {candidate['run_id']}"
-    champ_version, champ_metrics = champion_metrics(cfg.model_name, cfg.uri)
+    store = _store(cfg)
+    champ_version, champ_metrics = champion_metrics(cfg.model_name, cfg.uri, cfg.store_uri)
     report = evaluate_gates(metrics, champ_metrics, gates, champ_version)
     tags = {**lineage_tags(cfg, candidate["run_id"]), "evaluation_sha256": str(record["metrics_sha256"])}
-    version = register_candidate(candidate["model_uri"], cfg.model_name, tags, metrics, report, tracking_uri=cfg.uri,
-                                 actor=actor, required_tags=cfg.required_tags, lock_timeout_s=cfg.lock_timeout_s)
-    outcome = promote(cfg.model_name, version, report, actor, reason, gates=gates, tracking_uri=cfg.uri,
-                      lock_timeout_s=cfg.lock_timeout_s)
-    result = {"state": "promoted" if outcome.promoted else "rejected", "model_name": cfg.model_name,
+    version = register_candidate(candidate["model_uri"], cfg.model_name, tags, metrics, report, actor=actor,
+                                 required_tags=cfg.required_tags, **store)
+    outcome = promote(cfg.model_name, version, report, actor, reason, gates=gates, approval=cfg.approval, **store)
+    state = "promoted" if outcome.promoted else "awaiting_approval" if outcome.awaiting_approval else "rejected"
+    result = {"state": state, "model_name": cfg.model_name,
               "version": version, "failed_gates": _failed(report), "reasons": list(outcome.reasons),
               "aliases": aliases(cfg.model_name, cfg.uri), "champion": outcome.champion,
               "previous_champion": outcome.previous_champion, "actor": actor, "reason": reason,
@@ -168,8 +180,8 @@ def rollback_champion(cfg: RegistryConfig, reason: str, actor: str | None = None
         NoPreviousChampionError: nothing to roll back to.
     """
     actor = actor or default_actor()
-    outcome = rollback(cfg.model_name, actor, reason, tracking_uri=cfg.uri, lock_timeout_s=cfg.lock_timeout_s)
-    event = next(e for e in audit.read_log(cfg.uri, cfg.model_name) if e.seq == outcome.event_seq)
+    outcome = rollback(cfg.model_name, actor, reason, **_store(cfg))
+    event = next(e for e in audit.read_log(cfg.store_uri, cfg.model_name) if e.seq == outcome.event_seq)
     return {"state": "rolled_back", "model_name": cfg.model_name, "champion": outcome.version,
             "rolled_back_version": event.payload.get("rolled_back_version"),
             "aliases": aliases(cfg.model_name, cfg.uri), "actor": actor, "reason": reason,
@@ -177,19 +189,65 @@ def rollback_champion(cfg: RegistryConfig, reason: str, actor: str | None = None
 
 
 def audit_log(cfg: RegistryConfig) -> dict[str, Any]:
-    """The promotion log of ``cfg.model_name`` and the hash-chain check of the whole table.
+    """The promotion log of ``cfg.model_name`` and the keyed hash-chain check of the whole table.
+
+    Completed ``intent`` rows are left out of ``events`` (bookkeeping); pending ones are shown.
 
     Returns:
         ``{"events": [summary...], "text": formatted table, "chain_ok": bool, "n_verified": int,
-        "chain_error": str | None}``.
+        "chain_error": str | None, "pending_intents": [seq...]}``.
     """
-    events = audit.read_log(cfg.uri, cfg.model_name)
+    raw = audit.read_log(cfg.store_uri, cfg.model_name)
+    pending = audit.pending_intents(raw)
+    events = [e for e in raw if e.event != "intent" or e in pending]          # completed intents: bookkeeping
     try:
-        n, error = audit.verify_chain(cfg.uri), None
+        n, error = audit.verify_chain(cfg.store_uri, key=audit_key(cfg)), None
     except AuditLogError as exc:
         n, error = 0, str(exc)
     return {"events": [e.summary() for e in events], "text": audit.format_log(events), "chain_ok": error is None,
-            "n_verified": n, "chain_error": error}
+            "n_verified": n, "chain_error": error,
+            "pending_intents": [e.seq for e in pending]}
+
+
+def _outcome(cfg: RegistryConfig, outcome: Any, actor: str, reason: str, state: str) -> dict[str, Any]:
+    return {"state": state, "model_name": cfg.model_name, "version": outcome.version,
+            "champion": outcome.champion, "previous_champion": outcome.previous_champion,
+            "reasons": list(outcome.reasons), "aliases": aliases(cfg.model_name, cfg.uri), "actor": actor,
+            "reason": reason, "event_seq": outcome.event_seq}
+
+
+def approve_version(cfg: RegistryConfig, gates: GatesConfig, version: str, reason: str,
+                    approver: str | None = None) -> dict[str, Any]:
+    """A named approver moves ``champion`` to ``version`` (:func:`registry.registry.approve`).
+
+    Returns:
+        ``{"state": "promoted" | "refused", "version", "champion", "previous_champion", "reasons", "aliases",
+        "actor", "reason", "event_seq"}``.
+
+    Raises:
+        ApprovalError: no named approver, or ``version`` is not awaiting approval.
+    """
+    approver = approver or os.environ.get("OSTEO_ACTOR", "").strip()
+    outcome = approve(cfg.model_name, version, approver, reason, gates=gates, **_store(cfg))
+    return _outcome(cfg, outcome, approver, reason, "promoted" if outcome.promoted else "refused")
+
+
+def reject_version(cfg: RegistryConfig, version: str, reason: str, approver: str | None = None) -> dict[str, Any]:
+    """A named approver turns down ``version`` (:func:`registry.registry.reject`)."""
+    approver = approver or os.environ.get("OSTEO_ACTOR", "").strip()
+    outcome = reject(cfg.model_name, version, approver, reason, **_store(cfg))
+    return _outcome(cfg, outcome, approver, reason, "rejected")
+
+
+def repair_registry(cfg: RegistryConfig, roll_back: bool = False, actor: str | None = None) -> dict[str, Any]:
+    """Finish (or undo) operations cut short by a crash (:func:`registry.registry.repair`).
+
+    Returns:
+        ``{"repaired": [event summary...], "aliases", "problems": [...]}`` (``problems`` empty = consistent).
+    """
+    events = repair(cfg.model_name, actor or default_actor(), roll_back=roll_back, **_store(cfg))
+    return {"repaired": [e.summary() for e in events], "aliases": aliases(cfg.model_name, cfg.uri),
+            "problems": consistency(cfg.model_name, tracking_uri=cfg.uri, store_uri=cfg.store_uri)}
 
 
 def registry_status(cfg: RegistryConfig) -> dict[str, Any]:
@@ -214,6 +272,7 @@ def registry_status(cfg: RegistryConfig) -> dict[str, Any]:
                  "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).isoformat(
                      timespec="seconds")}
                 for mv in sorted(found, key=lambda m: int(m.version))]
-    champion, metrics = champion_metrics(cfg.model_name, cfg.uri) if current.get(CHAMPION) else (None, None)
+    champion, metrics = (champion_metrics(cfg.model_name, cfg.uri, cfg.store_uri) if current.get(CHAMPION)
+                         else (None, None))
     return {"model_name": cfg.model_name, "registered": bool(versions), "aliases": current, "versions": versions,
             "champion": champion, "champion_headline": None if metrics is None else headline(metrics)}

@@ -1,18 +1,29 @@
-"""MLflow model-registry operations: register, promote through the gates, roll back.
+"""MLflow model-registry operations: register, promote through the gates, approve, roll back, repair.
 
 Aliases replace MLflow stages:
 
-* ``challenger``: the latest registered candidate, under review;
-* ``champion``: the version serving; moves only when every gate passes;
+* ``challenger``: the latest registered candidate, under review (or awaiting approval);
+* ``champion``: the version serving; moves only when every gate passes (and, with
+  ``registry.approval: required``, only when a named person approves);
 * ``previous-champion``: the champion before the last promotion (rollback target).
 
+The tracking URI may be a database or an MLflow tracking server (``http(s)://``); the
+lock, the keyed audit log and the intents live in the registry store (``store_uri``:
+``registry.lock_uri``, else the tracking database; see :mod:`registry.audit`).
+
 Every operation runs under :func:`registry.lock.registry_lock` and re-reads the
-aliases inside it, so two promotions racing leave one consistent champion and
-one linear log. Each event (register / promote / refuse / rollback) is appended
-to the audit table (:mod:`registry.audit`) and written as a version tag
-``osteo.event.<seq>``. A version's artifacts are locked: their SHA-256 digest
-is recorded at registration (``osteo.artifact_sha256``) and re-checked before
-promotion and rollback.
+aliases inside it, so two promotions racing leave one consistent champion and one
+linear log. **Crash consistency**: a change of aliases and tags is planned as a list
+of idempotent operations (and their undo), written to the audit log as an ``intent``
+row *before* the first alias moves; the operations run; the completing event
+(``register`` / ``promote`` / ``refuse`` / ``await_approval`` / ``approve`` / ``reject`` /
+``rollback``) carries ``intent_seq``. A crash in between leaves an intent without its
+completion: every later operation refuses (:class:`PendingIntentError`) until
+:func:`repair` (``osteo registry repair``) replays the operations (or, with
+``roll_back``, their undo) and appends the completion (or ``abort``). Each event is also
+a version tag ``osteo.event.<seq>``. A version's artifacts are locked: their SHA-256
+digest is recorded at registration (``osteo.artifact_sha256``) and re-checked before
+promotion, approval and rollback.
 
 The promotion decision itself is the pure :func:`decide_promotion`.
 """
@@ -26,12 +37,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from registry import audit
-from registry.errors import ArtifactDigestError, CandidateTagsError, NoPreviousChampionError, RegistryError
+from registry.errors import (ApprovalError, ArtifactDigestError, CandidateTagsError, NoPreviousChampionError,
+                             PendingIntentError, RegistryError)
 from registry.gates import GateReport, GatesConfig
 from registry.lock import registry_lock
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 STATUS_TAG, DIGEST_TAG = "osteo.status", "osteo.artifact_sha256"
+APPROVAL_MODES = ("none", "required")
 # MLflow bookkeeping written into the model folder at registration; not part of the model
 DIGEST_EXCLUDE = frozenset({"registered_model_meta"})
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"      # params.yaml tracking.uri (local profile)
@@ -121,22 +134,108 @@ def _source(client: Any, model_uri: str) -> tuple[str, str | None, str | None]:
     return model_uri, None, None
 
 
-def _log(tracking_uri: str, client: Any, event: str, name: str, version: str | None, actor: str, reason: str,
-         before: str | None, after: str | None, payload: Mapping[str, Any]) -> audit.AuditEvent:
-    data_version = None
-    if version is not None:
-        data_version = client.get_model_version(name, version).tags.get("data_version")
-    e = audit.append(tracking_uri, event, name, version, actor, reason, before, after, data_version, payload)
-    if version is not None:
-        client.set_model_version_tag(name, version, f"osteo.event.{e.seq:06d}", _tag_json(e.summary()))
+# --------------------------------------------------------------------------- planned, idempotent changes
+# An operation is a JSON list: ["alias", alias, version] | ["unalias", alias] | ["tag", version, key, value]
+# | ["untag", version, key]; all on one registered model. Replaying one twice is harmless.
+
+def _apply(client: Any, name: str, ops: Sequence[Sequence[Any]]) -> None:
+    from mlflow.exceptions import MlflowException
+
+    for op in ops:
+        kind = op[0]
+        if kind == "alias":
+            client.set_registered_model_alias(name, op[1], op[2])
+        elif kind == "tag":
+            client.set_model_version_tag(name, op[1], op[2], op[3])
+        else:
+            try:
+                if kind == "unalias":
+                    client.delete_registered_model_alias(name, op[1])
+                elif kind == "untag":
+                    client.delete_model_version_tag(name, op[1], op[2])
+                else:
+                    raise RegistryError(f"unknown registry operation {op!r} in an intent: the audit log was written "
+                                        "by a newer version of the platform; repair with that version")
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":      # already gone: the replay's aim
+                    raise
+
+
+def _undo(client: Any, name: str, ops: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """The operations that restore today's aliases and tags touched by ``ops`` (in reverse order)."""
+    current = {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
+    tags: dict[str, dict[str, str]] = {}
+    undo: list[list[Any]] = []
+    for op in ops:
+        if op[0] in ("alias", "unalias"):
+            was = current.get(op[1])
+            undo.append(["unalias", op[1]] if was is None else ["alias", op[1], was])
+        else:
+            version = str(op[1])
+            if version not in tags:
+                tags[version] = dict(client.get_model_version(name, version).tags)
+            was = tags[version].get(op[2])
+            undo.append(["untag", version, op[2]] if was is None else ["tag", version, op[2], was])
+    return undo[::-1]
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where a registry operation reads and writes: tracking/registry URI, registry store, audit key."""
+
+    tracking_uri: str
+    store_uri: str
+    key: bytes
+
+    @classmethod
+    def of(cls, tracking_uri: str, store_uri: str | None, key: bytes | None) -> "Store":
+        store = store_uri or tracking_uri
+        if not store.startswith(("sqlite:///", "postgresql")):
+            raise RegistryError(f"tracking URI {tracking_uri!r} is not a database: pass store_uri "
+                                "(registry.lock_uri) for the lock and the audit log")
+        return cls(tracking_uri, store, audit.default_key(store, key))
+
+
+def _data_version(client: Any, name: str, version: str | None) -> str | None:
+    return None if version is None else client.get_model_version(name, version).tags.get("data_version")
+
+
+def _tag_event(client: Any, name: str, e: audit.AuditEvent) -> None:
+    if e.version is not None:
+        client.set_model_version_tag(name, e.version, f"osteo.event.{e.seq:06d}", _tag_json(e.summary()))
+
+
+def _commit(store: Store, client: Any, event: str, name: str, version: str | None, actor: str, reason: str,
+            before: str | None, after: str | None, ops: Sequence[Sequence[Any]],
+            payload: Mapping[str, Any]) -> audit.AuditEvent:
+    """Intent (durable) -> operations -> completing event. The caller holds the registry lock."""
+    ops = [list(op) for op in ops]
+    data_version = _data_version(client, name, version)
+    intent = audit.append(store.store_uri, "intent", name, version, actor, f"{event}: {reason}", before, after,
+                          data_version, {"event": event, "ops": ops, "undo": _undo(client, name, ops),
+                                         "payload": dict(payload)}, key=store.key)
+    _apply(client, name, ops)
+    e = audit.append(store.store_uri, event, name, version, actor, reason, before, after, data_version,
+                     {**payload, "intent_seq": intent.seq}, key=store.key)
+    _tag_event(client, name, e)
     return e
+
+
+def _refuse_pending(store: Store, name: str) -> None:
+    pending = audit.pending_intents(audit.read_log(store.store_uri, name))
+    if pending:
+        first = pending[0]
+        raise PendingIntentError(f"{name}: {first.payload.get('event')} of v{first.version} (intent seq={first.seq}, "
+                                 f"{first.ts}) was cut short; aliases and log may disagree: run `osteo registry "
+                                 "repair` (finishes it) or `osteo registry repair --roll-back` first")
 
 
 def register_candidate(model_uri: str, name: str, tags: Mapping[str, str], metrics: Mapping[str, Any],
                        gate_report: GateReport | None, *, tracking_uri: str = DEFAULT_TRACKING_URI,
                        actor: str = "unknown",
                        required_tags: Sequence[str] = ("data_version", "split_hash", "params_hash"),
-                       lock_timeout_s: float = 60.0) -> str:
+                       lock_timeout_s: float = 60.0, store_uri: str | None = None,
+                       audit_key: bytes | None = None) -> str:
     """Register ``model_uri`` as a new version of ``name`` and make it the ``challenger``.
 
     Args:
@@ -145,16 +244,19 @@ def register_candidate(model_uri: str, name: str, tags: Mapping[str, str], metri
         tags: lineage tags written as version tags; must hold every key of ``required_tags``.
         metrics: the evaluation dict (stored in full in the audit log, headline as a tag).
         gate_report: the gate report of this evaluation (summary as tags; None = not evaluated).
-        tracking_uri: MLflow tracking/registry URI (sqlite:/// or postgresql://).
+        tracking_uri: MLflow tracking/registry URI (sqlite:///, postgresql:// or an http(s):// server).
         actor: who registers.
         required_tags: lineage keys every candidate must carry.
         lock_timeout_s: seconds to wait for the registry lock.
+        store_uri: the registry store (lock + audit log); None = ``tracking_uri`` (must then be a database).
+        audit_key: HMAC key of the audit chain (None: the demo key, accepted on a SQLite store only).
 
     Returns:
         The new version number (string).
 
     Raises:
         CandidateTagsError: a required tag is missing or empty.
+        PendingIntentError: an earlier operation was cut short (run :func:`repair`).
     """
     missing = [k for k in required_tags if not str(tags.get(k, "")).strip()]
     if missing:
@@ -162,8 +264,10 @@ def register_candidate(model_uri: str, name: str, tags: Mapping[str, str], metri
                                  "and params hash (from dvc.lock / splits.sha256.json / osteo_config.params.params_hash)")
     from mlflow.exceptions import MlflowException
 
+    store = Store.of(tracking_uri, store_uri, audit_key)
     client = _client(tracking_uri)
-    with registry_lock(tracking_uri, lock_timeout_s):
+    with registry_lock(store.store_uri, lock_timeout_s):
+        _refuse_pending(store, name)
         try:
             client.create_registered_model(name)
         except MlflowException as exc:
@@ -178,14 +282,12 @@ def register_candidate(model_uri: str, name: str, tags: Mapping[str, str], metri
                   "osteo.metrics.headline": _tag_json(headline(metrics)),
                   "osteo.gates.passed": "none" if gate_report is None else str(gate_report.passed).lower(),
                   "osteo.gates.failed": _tag_json([] if gate_report is None else gate_report.failure_lines())}
-        for k, v in system.items():
-            client.set_model_version_tag(name, version, k, v)
         before = client.get_registered_model(name).aliases.get(CHAMPION)
-        client.set_registered_model_alias(name, CHALLENGER, version)
-        _log(tracking_uri, client, "register", name, version, actor, "new candidate",
-             None if before is None else str(before), None if before is None else str(before),
-             {"model_uri": model_uri, "tags": dict(tags), "artifact_sha256": digest, "metrics": dict(metrics),
-              "gate_report": None if gate_report is None else gate_report.to_dict()})
+        before = None if before is None else str(before)
+        ops = [["tag", version, k, v] for k, v in system.items()] + [["alias", CHALLENGER, version]]
+        _commit(store, client, "register", name, version, actor, "new candidate", before, before, ops,
+                {"model_uri": model_uri, "tags": dict(tags), "artifact_sha256": digest, "metrics": dict(metrics),
+                 "gate_report": None if gate_report is None else gate_report.to_dict()})
     return version
 
 
@@ -227,7 +329,7 @@ def decide_promotion(version: str, champion: str | None, gate_report: GateReport
 
 @dataclass(frozen=True)
 class PromotionOutcome:
-    """What a promote/rollback call did."""
+    """What a promote/approve/reject/rollback call did."""
 
     name: str
     version: str
@@ -236,70 +338,195 @@ class PromotionOutcome:
     previous_champion: str | None
     reasons: tuple[str, ...]
     event_seq: int
+    awaiting_approval: bool = False
+
+
+def _promotion_ops(version: str, champion: str | None, challenger_after: str | None, tags: Mapping[str, str]
+                   ) -> list[list[Any]]:
+    """Champion moves to ``version``; the old champion becomes previous-champion; challenger as given."""
+    ops: list[list[Any]] = []
+    if champion is not None:
+        ops += [["alias", PREVIOUS, champion], ["tag", champion, STATUS_TAG, "previous-champion"]]
+    ops.append(["unalias", CHALLENGER] if challenger_after is None else ["alias", CHALLENGER, challenger_after])
+    ops.append(["alias", CHAMPION, version])
+    ops += [["tag", version, k, v] for k, v in {STATUS_TAG: "champion", **tags}.items()]
+    return ops
+
+
+def _state(client: Any, name: str, version: str, tracking_uri: str) -> tuple[str | None, str | None, str | None]:
+    """(champion, previous-champion, challenger) of a registered model whose ``version`` exists."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = client.get_registered_model(name).aliases
+        client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise RegistryError(f"{name} v{version} is not registered at {tracking_uri} ({exc.error_code}); "
+                            "register it with register_candidate first") from exc
+    return tuple(None if current.get(a) is None else str(current[a])  # type: ignore[return-value]
+                 for a in (CHAMPION, PREVIOUS, CHALLENGER))
 
 
 def promote(name: str, version: str, gate_report: GateReport | None, actor: str, reason: str, *,
             gates: GatesConfig, tracking_uri: str = DEFAULT_TRACKING_URI,
-            lock_timeout_s: float = 60.0) -> PromotionOutcome:
+            lock_timeout_s: float = 60.0, store_uri: str | None = None, audit_key: bytes | None = None,
+            approval: str = "none") -> PromotionOutcome:
     """Promote ``version`` to ``champion`` when :func:`decide_promotion` allows it.
 
-    Inside the registry lock: re-read the aliases, mark the version ``challenger``
-    (under review), re-hash its artifacts, decide. On success ``champion`` moves to
-    the version and the old champion becomes ``previous-champion``; on refusal the
-    version stays registered, gets ``osteo.status=refused`` and its failed gates as
-    tags, and loses the ``challenger`` alias. Either way one audit event is appended.
+    Inside the registry lock: re-read the aliases, re-hash the version's artifacts, decide.
+    On success ``champion`` moves to the version and the old champion becomes
+    ``previous-champion`` -- unless ``approval="required"``: then the version becomes
+    ``challenger`` with ``osteo.status=awaiting-approval`` and only :func:`approve` moves
+    ``champion``. On refusal the version stays registered, gets ``osteo.status=refused`` and
+    its failed gates as tags, and loses the ``challenger`` alias. Each outcome is one intent
+    + one completing event in the audit log.
 
     Returns:
-        A :class:`PromotionOutcome` (``promoted`` False with the reasons when refused).
-    """
-    from mlflow.exceptions import MlflowException
+        A :class:`PromotionOutcome` (``promoted`` False with the reasons when refused or awaiting approval).
 
+    Raises:
+        PendingIntentError: an earlier operation was cut short (run :func:`repair`).
+    """
+    if approval not in APPROVAL_MODES:
+        raise RegistryError(f"approval={approval!r}: use one of {list(APPROVAL_MODES)}")
     version = str(version)
+    store = Store.of(tracking_uri, store_uri, audit_key)
     client = _client(tracking_uri)
-    with registry_lock(tracking_uri, lock_timeout_s):
-        try:
-            current = client.get_registered_model(name).aliases
-            client.get_model_version(name, version)
-        except MlflowException as exc:
-            raise RegistryError(f"{name} v{version} is not registered at {tracking_uri} ({exc.error_code}); "
-                                "register it with register_candidate first") from exc
-        champion = None if current.get(CHAMPION) is None else str(current[CHAMPION])
-        previous = None if current.get(PREVIOUS) is None else str(current[PREVIOUS])
-        other_challenger = None if str(current.get(CHALLENGER, version)) == version else str(current[CHALLENGER])
+    with registry_lock(store.store_uri, lock_timeout_s):
+        _refuse_pending(store, name)
+        champion, previous, challenger = _state(client, name, version, tracking_uri)
+        other_challenger = None if challenger in (None, version) else challenger
         recorded = client.get_model_version(name, version).tags.get(DIGEST_TAG)
-        client.set_registered_model_alias(name, CHALLENGER, version)
         now = _version_digest(tracking_uri, name, version)
         decision = decide_promotion(version, champion, gate_report, gates, recorded, now)
         payload = {"gate_report": None if gate_report is None else gate_report.to_dict(),
                    "reasons": list(decision.reasons), "artifact_sha256": now,
                    "metrics_headline": _json_or_none(
                        client.get_model_version(name, version).tags.get("osteo.metrics.headline"))}
-        if other_challenger is None:             # review over; a newer candidate keeps its challenger alias
-            client.delete_registered_model_alias(name, CHALLENGER)
-        else:
-            client.set_registered_model_alias(name, CHALLENGER, other_challenger)
+        if decision.promote and approval == "required":
+            ops = [["alias", CHALLENGER, version], ["tag", version, STATUS_TAG, "awaiting-approval"],
+                   ["tag", version, "osteo.gates.passed", "true"], ["tag", version, "osteo.requested_by", actor]]
+            e = _commit(store, client, "await_approval", name, version, actor, reason, champion, champion, ops,
+                        {**payload, "approval": approval})
+            return PromotionOutcome(name, version, False, champion, previous,
+                                    ("gates passed; awaiting approval: `osteo registry approve "
+                                     f"{version} --reason ...` by a named approver",), e.seq, True)
         if decision.promote:
-            if champion is not None:
-                client.set_registered_model_alias(name, PREVIOUS, champion)
-                client.set_model_version_tag(name, champion, STATUS_TAG, "previous-champion")
-            client.set_registered_model_alias(name, CHAMPION, version)
-            for k, v in {STATUS_TAG: "champion", "osteo.promoted_by": actor, "osteo.promotion_reason": reason,
-                         "osteo.gates.passed": "true"}.items():
-                client.set_model_version_tag(name, version, k, v)
-            e = _log(tracking_uri, client, "promote", name, version, actor, reason, champion, version, payload)
+            ops = _promotion_ops(version, champion, other_challenger,
+                                 {"osteo.promoted_by": actor, "osteo.promotion_reason": reason,
+                                  "osteo.gates.passed": "true"})
+            e = _commit(store, client, "promote", name, version, actor, reason, champion, version, ops, payload)
             return PromotionOutcome(name, version, True, version, champion if champion else previous, (), e.seq)
-        client.set_model_version_tag(name, version, "osteo.refused.reasons", _tag_json(list(decision.reasons)))
+        ops = [["unalias", CHALLENGER] if other_challenger is None else ["alias", CHALLENGER, other_challenger],
+               ["tag", version, "osteo.refused.reasons", _tag_json(list(decision.reasons))]]
         if version != champion:                  # re-promoting the champion is refused but leaves it champion
-            client.set_model_version_tag(name, version, STATUS_TAG, "refused")
+            ops.append(["tag", version, STATUS_TAG, "refused"])
         if gate_report is not None and version != champion:
-            client.set_model_version_tag(name, version, "osteo.gates.passed", str(gate_report.passed).lower())
-            client.set_model_version_tag(name, version, "osteo.gates.failed", _tag_json(gate_report.failure_lines()))
-        e = _log(tracking_uri, client, "refuse", name, version, actor, reason, champion, champion, payload)
+            ops += [["tag", version, "osteo.gates.passed", str(gate_report.passed).lower()],
+                    ["tag", version, "osteo.gates.failed", _tag_json(gate_report.failure_lines())]]
+        e = _commit(store, client, "refuse", name, version, actor, reason, champion, champion, ops, payload)
         return PromotionOutcome(name, version, False, champion, previous, decision.reasons, e.seq)
 
 
+_REVIEW_EVENTS = ("await_approval", "approve", "reject", "refuse", "promote", "rollback")
+
+
+def _awaiting(store: Store, name: str, version: str) -> audit.AuditEvent:
+    """The ``await_approval`` event of ``version`` if it is still awaiting a decision."""
+    last = [e for e in audit.read_log(store.store_uri, name) if e.version == version and e.event in _REVIEW_EVENTS]
+    if not last or last[-1].event != "await_approval":
+        state = last[-1].event if last else "no review"
+        raise ApprovalError(f"{name} v{version} is not awaiting approval (last review event: {state}): "
+                            "only a version that passed the gates under registry.approval=required can be approved")
+    return last[-1]
+
+
+def _check_approver(approver: str, requested_by: str) -> str:
+    approver = (approver or "").strip()
+    if not approver or approver == "unknown":
+        raise ApprovalError("an approval needs a named approver: pass --approver NAME or set $OSTEO_ACTOR")
+    if approver == requested_by:
+        raise ApprovalError(f"{approver!r} requested this promotion and cannot also approve it: a second, "
+                            "named person approves (change control)")
+    return approver
+
+
+def approve(name: str, version: str, approver: str, reason: str, *, gates: GatesConfig,
+            tracking_uri: str = DEFAULT_TRACKING_URI, lock_timeout_s: float = 60.0, store_uri: str | None = None,
+            audit_key: bytes | None = None) -> PromotionOutcome:
+    """A named person moves ``champion`` to a version awaiting approval.
+
+    Inside the registry lock the decision is re-made with the version's recorded gate
+    report against the *current* gate configuration, champion and artifact digest
+    (:func:`decide_promotion`): a report computed under another config, against another
+    champion, or changed files turn the approval into a logged refusal.
+
+    Raises:
+        ApprovalError: no named approver, the approver requested the promotion, or nothing awaits approval.
+        PendingIntentError: an earlier operation was cut short (run :func:`repair`).
+    """
+    version = str(version)
+    if not reason.strip():
+        raise ApprovalError("an approval needs a reason (--reason TEXT): it is recorded in the audit log")
+    store = Store.of(tracking_uri, store_uri, audit_key)
+    client = _client(tracking_uri)
+    with registry_lock(store.store_uri, lock_timeout_s):
+        _refuse_pending(store, name)
+        request = _awaiting(store, name, version)
+        approver = _check_approver(approver, request.actor)
+        champion, previous, challenger = _state(client, name, version, tracking_uri)
+        report = None if request.payload.get("gate_report") is None else GateReport.from_dict(
+            request.payload["gate_report"])
+        recorded = client.get_model_version(name, version).tags.get(DIGEST_TAG)
+        now = _version_digest(tracking_uri, name, version)
+        decision = decide_promotion(version, champion, report, gates, recorded, now)
+        payload = {"request_seq": request.seq, "requested_by": request.actor, "approver": approver,
+                   "reasons": list(decision.reasons), "artifact_sha256": now,
+                   "gates_config_digest": gates.digest()}
+        keep = None if challenger in (None, version) else challenger
+        if not decision.promote:
+            ops = [["unalias", CHALLENGER] if keep is None else ["alias", CHALLENGER, keep],
+                   ["tag", version, STATUS_TAG, "refused"],
+                   ["tag", version, "osteo.refused.reasons", _tag_json(list(decision.reasons))]]
+            e = _commit(store, client, "refuse", name, version, approver, f"approval refused: {reason}", champion,
+                        champion, ops, payload)
+            return PromotionOutcome(name, version, False, champion, previous, decision.reasons, e.seq)
+        ops = _promotion_ops(version, champion, keep, {"osteo.promoted_by": request.actor,
+                                                       "osteo.approved_by": approver, "osteo.approval_reason": reason})
+        e = _commit(store, client, "approve", name, version, approver, reason, champion, version, ops, payload)
+        return PromotionOutcome(name, version, True, version, champion if champion else previous, (), e.seq)
+
+
+def reject(name: str, version: str, approver: str, reason: str, *, tracking_uri: str = DEFAULT_TRACKING_URI,
+           lock_timeout_s: float = 60.0, store_uri: str | None = None,
+           audit_key: bytes | None = None) -> PromotionOutcome:
+    """A named person turns down a version awaiting approval (it loses ``challenger``; ``osteo.status=rejected``).
+
+    Raises:
+        ApprovalError: no named approver, no reason, or nothing awaits approval.
+    """
+    version = str(version)
+    if not reason.strip():
+        raise ApprovalError("a rejection needs a reason (--reason TEXT): it is recorded in the audit log")
+    store = Store.of(tracking_uri, store_uri, audit_key)
+    client = _client(tracking_uri)
+    with registry_lock(store.store_uri, lock_timeout_s):
+        _refuse_pending(store, name)
+        request = _awaiting(store, name, version)
+        approver = _check_approver(approver, "")
+        champion, previous, challenger = _state(client, name, version, tracking_uri)
+        ops = [["tag", version, STATUS_TAG, "rejected"], ["tag", version, "osteo.rejected_by", approver]]
+        if challenger == version:
+            ops.insert(0, ["unalias", CHALLENGER])
+        e = _commit(store, client, "reject", name, version, approver, reason, champion, champion, ops,
+                    {"request_seq": request.seq, "requested_by": request.actor, "approver": approver})
+        return PromotionOutcome(name, version, False, champion, previous, (f"rejected by {approver}: {reason}",),
+                                e.seq)
+
+
 def rollback(name: str, actor: str, reason: str, *, tracking_uri: str = DEFAULT_TRACKING_URI,
-             lock_timeout_s: float = 60.0) -> PromotionOutcome:
+             lock_timeout_s: float = 60.0, store_uri: str | None = None,
+             audit_key: bytes | None = None) -> PromotionOutcome:
     """Make ``previous-champion`` the champion again and log it.
 
     The rolled-back version keeps its registration with ``osteo.status=rolled_back``;
@@ -309,9 +536,12 @@ def rollback(name: str, actor: str, reason: str, *, tracking_uri: str = DEFAULT_
     Raises:
         NoPreviousChampionError: nothing to roll back to.
         ArtifactDigestError: the previous champion's files changed since registration.
+        PendingIntentError: an earlier operation was cut short (run :func:`repair`).
     """
+    store = Store.of(tracking_uri, store_uri, audit_key)
     client = _client(tracking_uri)
-    with registry_lock(tracking_uri, lock_timeout_s):
+    with registry_lock(store.store_uri, lock_timeout_s):
+        _refuse_pending(store, name)
         current = client.get_registered_model(name).aliases
         if current.get(PREVIOUS) is None:
             raise NoPreviousChampionError(f"{name}: no version has the {PREVIOUS!r} alias; nothing to roll back to "
@@ -322,17 +552,70 @@ def rollback(name: str, actor: str, reason: str, *, tracking_uri: str = DEFAULT_
         now = _version_digest(tracking_uri, name, target)
         if now != recorded:
             raise ArtifactDigestError(name, target, recorded, now)
-        client.set_registered_model_alias(name, CHAMPION, target)
-        client.delete_registered_model_alias(name, PREVIOUS)
-        client.set_model_version_tag(name, target, STATUS_TAG, "champion")
+        ops = [["alias", CHAMPION, target], ["unalias", PREVIOUS], ["tag", target, STATUS_TAG, "champion"]]
         if champion is not None:
-            client.set_model_version_tag(name, champion, STATUS_TAG, "rolled_back")
-        e = _log(tracking_uri, client, "rollback", name, target, actor, reason, champion, target,
-                 {"rolled_back_version": champion, "artifact_sha256": now})
+            ops.append(["tag", champion, STATUS_TAG, "rolled_back"])
+        e = _commit(store, client, "rollback", name, target, actor, reason, champion, target, ops,
+                    {"rolled_back_version": champion, "artifact_sha256": now})
     return PromotionOutcome(name, target, True, target, None, (), e.seq)
 
 
-def champion_metrics(name: str, tracking_uri: str = DEFAULT_TRACKING_URI) -> tuple[str | None, dict[str, Any] | None]:
+def repair(name: str, actor: str, *, tracking_uri: str = DEFAULT_TRACKING_URI, roll_back: bool = False,
+           lock_timeout_s: float = 60.0, store_uri: str | None = None,
+           audit_key: bytes | None = None) -> list[audit.AuditEvent]:
+    """Finish (or, with ``roll_back``, undo) every operation of ``name`` cut short by a crash.
+
+    For each ``intent`` without its completing event, inside the registry lock: replay its
+    operations (idempotent) and append the event it planned, with ``intent_seq`` and
+    ``repaired_by``; or apply its recorded undo and append an ``abort``. Afterwards aliases,
+    tags and the log agree again. Nothing pending: nothing done, ``[]``.
+
+    Returns:
+        The events appended (one per repaired intent).
+    """
+    store = Store.of(tracking_uri, store_uri, audit_key)
+    client = _client(tracking_uri)
+    done: list[audit.AuditEvent] = []
+    with registry_lock(store.store_uri, lock_timeout_s):
+        audit.verify_chain(store.store_uri, key=store.key)     # replay only what this key signed
+        for intent in audit.pending_intents(audit.read_log(store.store_uri, name)):
+            plan = intent.payload
+            if roll_back:
+                _apply(client, name, plan["undo"])
+                e = audit.append(store.store_uri, "abort", name, intent.version, actor,
+                                 f"rolled back the cut-short {plan['event']} ({intent.reason})",
+                                 intent.champion_after, intent.champion_before, intent.data_version,
+                                 {"intent_seq": intent.seq, "undone": plan["undo"]}, key=store.key)
+            else:
+                _apply(client, name, plan["ops"])
+                e = audit.append(store.store_uri, plan["event"], name, intent.version, intent.actor,
+                                 intent.reason.split(": ", 1)[-1] + f" (completed by `osteo registry repair`, {actor})",
+                                 intent.champion_before, intent.champion_after, intent.data_version,
+                                 {**plan["payload"], "intent_seq": intent.seq, "repaired_by": actor}, key=store.key)
+            _tag_event(client, name, e)
+            done.append(e)
+    return done
+
+
+def consistency(name: str, *, tracking_uri: str = DEFAULT_TRACKING_URI, store_uri: str | None = None
+                ) -> list[str]:
+    """Disagreements between the aliases and the log ([] = consistent): pending intents, and a
+    ``champion`` alias other than the last completed event's ``champion_after``."""
+    store_uri = store_uri or tracking_uri
+    events = audit.read_log(store_uri, name)
+    problems = [f"intent seq={e.seq} ({e.payload.get('event')} of v{e.version}) never completed"
+                for e in audit.pending_intents(events)]
+    moved = [e for e in events if e.event not in ("intent", "register")]
+    expected = moved[-1].champion_after if moved else None
+    champion = aliases(name, tracking_uri).get(CHAMPION)
+    if moved and champion != expected:
+        problems.append(f"champion alias is {champion}, the log's last event ({moved[-1].event} seq={moved[-1].seq}) "
+                        f"says {expected}")
+    return problems
+
+
+def champion_metrics(name: str, tracking_uri: str = DEFAULT_TRACKING_URI,
+                     store_uri: str | None = None) -> tuple[str | None, dict[str, Any] | None]:
     """The champion version and the full metrics it was registered with (from the audit log).
 
     Returns ``(None, None)`` when there is no champion yet; pass both to
@@ -341,7 +624,7 @@ def champion_metrics(name: str, tracking_uri: str = DEFAULT_TRACKING_URI) -> tup
     champion = aliases(name, tracking_uri).get(CHAMPION)
     if champion is None:
         return None, None
-    for e in reversed(audit.read_log(tracking_uri, name)):
+    for e in reversed(audit.read_log(store_uri or tracking_uri, name)):
         if e.event == "register" and e.version == champion:
             return champion, e.payload.get("metrics")
     raise RegistryError(f"{name} v{champion} is champion but the audit log holds no registration event for it; "

@@ -228,7 +228,7 @@ def test_promote_better_then_rollback_round_trip(ws):
         ("register", v1["version"], "ci-bot", "new candidate"), ("promote", v1["version"], "ci-bot", v1["reason"]),
         ("register", v2["version"], "ci-bot", "new candidate"),
         ("promote", v2["version"], "ci-bot", "better sensitivity"), ("rollback", v1["version"], "carol", "drift alarm")]
-    assert log["chain_ok"] and log["n_verified"] == 5
+    assert log["chain_ok"] and log["n_verified"] == 10                    # 5 events, each after its intent row
     # lineage of every version = the training run's tags
     client = MlflowClient(tracking_uri=ws["tracking"]["uri"], registry_uri=ws["tracking"]["uri"])
     run_tags = client.get_run(_record(ws)["run_id"]).data.tags
@@ -282,7 +282,7 @@ def test_cli_registry_log_status_and_rollback_without_previous(ws):
     assert status.exit_code == 0, status.output
     assert f"champion = v{promoted['version']}" in status.output and "pooled" in status.output
     log = runner.invoke(app, ["--params", str(params_file), "registry", "log"])
-    assert log.exit_code == 0 and "hash chain verified: 2 events" in log.output
+    assert log.exit_code == 0 and "keyed hash chain verified: 4 rows" in log.output   # 2 events + 2 intents
     assert "register" in log.output and "promote" in log.output and "ci-bot" in log.output
     none = runner.invoke(app, ["--params", str(params_file), "registry", "rollback", "--reason", "test"])
     assert none.exit_code == EXIT_ERROR and "previous-champion" in none.output

@@ -1,6 +1,6 @@
 """Subprocess of the alias-race tests: wait for the start signal, then promote one version.
 
-Usage: python race_worker.py <job.json>. The job holds tracking_uri, name, version,
+Usage: python race_worker.py <job.json>. The job holds tracking_uri, audit_key (hex), name, version,
 gate report (dict), gates (GatesConfig fields as a params-like dict), start_file,
 ready_file, out_file.
 """
@@ -28,7 +28,8 @@ def main(job_path: str) -> None:
             raise SystemExit("start signal never came")
         time.sleep(0.002)
     out = promote(job["name"], job["version"], report, actor=f"worker-{job['version']}", reason="race test",
-                  gates=gates, tracking_uri=job["tracking_uri"], lock_timeout_s=60)
+                  gates=gates, tracking_uri=job["tracking_uri"], lock_timeout_s=60,
+                  audit_key=bytes.fromhex(job["audit_key"]))
     Path(job["out_file"]).write_text(json.dumps({"promoted": out.promoted, "reasons": list(out.reasons),
                                                  "seq": out.event_seq}))
 

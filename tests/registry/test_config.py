@@ -46,8 +46,18 @@ def test_bad_profiles_and_uris_are_typed_errors():
         TrackingConfig(profile="production")
     with pytest.raises(RegistryConfigError, match="production_uri"):
         RegistryConfig.from_params({"tracking": {"profile": "production"}})
-    # an HTTP tracking server can hold runs, but not the registry's audit table and lock
+    # an HTTP tracking server holds runs and the registry, but not the audit log and lock: registry.lock_uri does
     http = {"tracking": {"uri": "http://127.0.0.1:5000"}}
     assert TrackingConfig.from_params(http).active_uri == "http://127.0.0.1:5000"
-    with pytest.raises(RegistryConfigError, match="sqlite:///<file> or postgresql"):
+    with pytest.raises(RegistryConfigError, match="set registry.lock_uri"):
         RegistryConfig.from_params(http)
+    pg = "postgresql+psycopg2://postgres@127.0.0.1:5432/osteo_registry"
+    cfg = RegistryConfig.from_params({**http, "registry": {"lock_uri": pg}})
+    assert (cfg.uri, cfg.store_uri) == ("http://127.0.0.1:5000", pg)
+    assert RegistryConfig.from_params({"registry": {"lock_uri": ""}}).store_uri == "sqlite:///mlflow.db"
+    with pytest.raises(RegistryConfigError, match="lock_uri='http://x'"):
+        RegistryConfig.from_params({**http, "registry": {"lock_uri": "http://x"}})
+    with pytest.raises(RegistryConfigError, match="approval='maybe'"):
+        RegistryConfig.from_params({"registry": {"approval": "maybe"}})
+    with pytest.raises(RegistryConfigError, match="ftp://x"):
+        RegistryConfig(uri="ftp://x")
