@@ -1,10 +1,17 @@
 """The ``registry:`` section: where versions are registered and the promotion gates (pure data).
 
-The database (tracking + registry URI) is not configured here: it is the one of
-the ``tracking:`` section (``tracking.profile`` -> ``tracking.uri`` or
+The tracking + registry URI is not configured here: it is the one of the
+``tracking:`` section (``tracking.profile`` -> ``tracking.uri`` or
 ``tracking.production_uri``), resolved by :func:`osteo_config.tracking.resolve_tracking_uri`,
 the same resolver the training runs use. Registered versions therefore always sit
-beside the runs that produced them.
+beside the runs that produced them. That URI may be a database (``sqlite:///``,
+``postgresql://``) or an MLflow tracking server (``http(s)://``).
+
+The registry's own store (promotion lock + keyed audit log + promotion intents) is
+``registry.lock_uri``: a database the registry's clients reach directly (PostgreSQL:
+advisory lock; SQLite: fcntl file lock beside the file). Empty = the tracking URI when
+that is a database; required when the tracking URI is an MLflow server, which offers
+neither a lock nor an append-only table.
 """
 from __future__ import annotations
 
@@ -21,6 +28,10 @@ from osteo_config.tracking import DEFAULT_TRACKING_URI, resolve_tracking_uri
 class RegistryConfigError(ConfigError):
     """A ``registry:`` value in params.yaml (or a tracking URI) is invalid."""
 
+
+TRACKING_SCHEMES = ("sqlite:///", "postgresql", "http://", "https://")
+STORE_SCHEMES = ("sqlite:///", "postgresql")
+APPROVAL_MODES = ("none", "required")
 
 # keys that moved to the ``tracking:`` section (one place for the database URI)
 _MOVED = {"profile": "tracking.profile", "tracking_uri": "tracking.uri",
@@ -39,14 +50,33 @@ class RegistryConfig:
     model_name: str = "osteo-screening"
     lock_timeout_s: float = 60.0
     required_tags: tuple[str, ...] = ("data_version", "split_hash", "params_hash")
+    lock_uri: str | None = None
+    approval: str = "none"
+    audit_key_env: str = "OSTEO_REGISTRY_AUDIT_KEY"
+    audit_key_file: str = "~/.config/osteo/registry-audit.key"
+    allow_demo_audit_key: bool = False
 
     def __post_init__(self) -> None:
         if self.lock_timeout_s <= 0:
             raise RegistryConfigError(f"registry.lock_timeout_s={self.lock_timeout_s} must be > 0")
-        if not self.uri.startswith(("sqlite:///", "postgresql")):
-            raise RegistryConfigError(f"tracking URI {self.uri!r}: the registry needs sqlite:///<file> or "
-                                      "postgresql://... (its audit table and lock live in that database); "
+        if not self.uri.startswith(TRACKING_SCHEMES):
+            raise RegistryConfigError(f"tracking URI {self.uri!r}: the registry needs sqlite:///<file>, "
+                                      "postgresql://... or an MLflow tracking server http(s)://...; "
                                       "set tracking.uri / tracking.production_uri in params.yaml")
+        if self.lock_uri and not self.lock_uri.startswith(STORE_SCHEMES):
+            raise RegistryConfigError(f"registry.lock_uri={self.lock_uri!r}: the lock and audit log need a "
+                                      "database, postgresql://... (advisory lock) or sqlite:///<file> (file lock)")
+        if not self.lock_uri and not self.uri.startswith(STORE_SCHEMES):
+            raise RegistryConfigError(f"tracking URI {self.uri!r} is an MLflow server: set registry.lock_uri to a "
+                                      "PostgreSQL URL (or sqlite:///<file> on one machine) for the promotion lock "
+                                      "and the audit log")
+        if self.approval not in APPROVAL_MODES:
+            raise RegistryConfigError(f"registry.approval={self.approval!r}: use one of {list(APPROVAL_MODES)}")
+
+    @property
+    def store_uri(self) -> str:
+        """Database of the promotion lock, audit log and intents (``lock_uri``, else the tracking DB)."""
+        return self.lock_uri or self.uri
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "RegistryConfig":

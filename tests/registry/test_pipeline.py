@@ -64,7 +64,7 @@ def _promote(cfg, gates_cfg, cand: Candidate, out: Path, **kw) -> dict:
 
 def test_promote_reject_rollback_through_the_pipeline_steps(tracking, gates_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("OSTEO_ACTOR", "ci-bot")
-    cfg = RegistryConfig(uri=tracking.uri, model_name=NAME)
+    cfg = RegistryConfig(uri=tracking.uri, model_name=NAME, allow_demo_audit_key=True)
     assert champion_ref(cfg) is None                                          # model not registered yet
     good = Candidate(tracking, tmp_path / "c1", fake_metrics(f1=70.0))
     out1 = _promote(cfg, gates_cfg, good, tmp_path / "promotion.json")
@@ -104,7 +104,7 @@ def test_promote_reject_rollback_through_the_pipeline_steps(tracking, gates_cfg,
         ("register", out2["version"], "ci-bot"), ("refuse", out2["version"], "ci-bot"),
         ("register", out3["version"], "alice"), ("promote", out3["version"], "alice"),
         ("rollback", out1["version"], "carol")]
-    assert log["chain_ok"] and log["n_verified"] == 7 and "drift alarm" in log["text"]
+    assert log["chain_ok"] and log["n_verified"] == 14 and "drift alarm" in log["text"]
 
     status = registry_status(cfg)
     assert status["champion"] == out1["version"] and status["aliases"] == {CHAMPION: out1["version"]}
@@ -114,7 +114,7 @@ def test_promote_reject_rollback_through_the_pipeline_steps(tracking, gates_cfg,
 
 
 def test_no_promotion_without_a_complete_evaluation_of_this_candidate(tracking, gates_cfg, tmp_path):
-    cfg = RegistryConfig(uri=tracking.uri, model_name=NAME)
+    cfg = RegistryConfig(uri=tracking.uri, model_name=NAME, allow_demo_audit_key=True)
     cand = Candidate(tracking, tmp_path / "c", fake_metrics())
     cand.evaluate.rename(tmp_path / "moved.json")
     with pytest.raises(EvaluationMissingError, match="run `osteo evaluate` first"):
@@ -134,7 +134,7 @@ def test_no_promotion_without_a_complete_evaluation_of_this_candidate(tracking, 
 
 
 def test_audit_log_step_reports_a_broken_chain(tracking, gates_cfg, tmp_path):
-    cfg = RegistryConfig(uri=tracking.uri, model_name=NAME)
+    cfg = RegistryConfig(uri=tracking.uri, model_name=NAME, allow_demo_audit_key=True)
     _promote(cfg, gates_cfg, Candidate(tracking, tmp_path / "c", fake_metrics()), None)
     assert audit_log(cfg)["chain_ok"]
     engine = audit.engine_for(tracking.uri)

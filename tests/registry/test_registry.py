@@ -59,14 +59,18 @@ def test_register_promote_second_promote_rollback_round_trip(tracking, gates_cfg
     with pytest.raises(NoPreviousChampionError):
         rollback(NAME, actor="carol", reason="again", tracking_uri=tracking.uri)
 
-    log = audit.read_log(tracking.uri, NAME)
+    raw = audit.read_log(tracking.uri, NAME)
+    # each change of aliases/tags is an intent row, then the event completing it (intent_seq)
+    assert [e.event for e in raw[::2]] == ["intent"] * 6 and not audit.pending_intents(raw)
+    assert all(done.payload["intent_seq"] == intent.seq for intent, done in zip(raw[::2], raw[1::2]))
+    log = [e for e in raw if e.event != "intent"]
     assert [(e.event, e.version, e.actor, e.champion_before, e.champion_after) for e in log] == [
         ("register", v1, "ci", None, None), ("promote", v1, "alice", None, v1), ("refuse", v1, "alice", v1, v1),
         ("register", v2, "ci", v1, v1), ("promote", v2, "bob", v1, v2),
         ("rollback", v1, "carol", v2, v1)]
     assert [e.reason for e in log][-1] == "drift alarm" and all(e.data_version == "dvc:abc123" for e in log)
     assert log[0].payload["metrics"] == fake_metrics(f1=70.0) and log[4].payload["gate_report"]["passed"]
-    assert audit.verify_chain(tracking.uri) == 6
+    assert audit.verify_chain(tracking.uri) == 12
     text = audit.format_log(log)
     assert len(text.splitlines()) == 7 and "carol" in text and f"{v2}->{v1}" in text
     # the same events as version tags (who/what/when/why)
