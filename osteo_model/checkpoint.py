@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from features.atomic import atomic_writer
 from osteo_model.errors import CheckpointMismatchError
 
 FORMAT_VERSION = 1
@@ -53,12 +53,11 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically (temporary file + rename): a crash never leaves a half-written checkpoint."""
+    """Write ``state`` atomically (unique temporary file, fsync, rename, :mod:`features.atomic`): a crash
+    never leaves a half-written checkpoint and two runs never share a temporary file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    with atomic_writer(path) as fh:
+        torch.save({"format_version": FORMAT_VERSION, **state}, fh)
     return path
 
 
