@@ -168,7 +168,7 @@ def run_cohort(cfg: CohortConfig, raw_dir: Path, truth_dir: Path, sites: list[st
         raise KeyError(f"unknown sites {unknown}: choose from {sorted(cfg.sites)}")
     plans: list[PatientPlan] = []
     for s in names:
-        n = cfg.sites[s].n_patients(cfg.scale)
+        n = cfg.n_patients(s)
         n = min(n, n_patients) if n_patients is not None else n
         plans += [plan_patient(cfg, cfg.sites[s], i) for i in range(n)]
     studies = [st for p in plans for st in p.studies]

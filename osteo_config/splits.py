@@ -47,7 +47,17 @@ class SplitConfig:
         kw: dict[str, Any] = {k: sec[k] for k in ("seed", "assignment", "file") if k in sec}
         if "fractions" in sec:
             kw["fractions"] = triple(sec["fractions"])
-        kw["site_fractions"] = tuple(sorted((str(s), triple(f)) for s, f in (sec.get("site_fractions") or {}).items()))
+        site_fr = sec.get("site_fractions") or {}
+        if site_fr == "cohort":             # the synthetic cohort's planned split sizes (cohort.test_scale)
+            from osteo_config.cohort import CohortConfig
+
+            cohort = CohortConfig.from_params(params)
+            kw["site_fractions"] = tuple(sorted((s, cohort.split_fractions(s)) for s in cohort.sites
+                                                if s not in tuple(sec.get("external_sites") or ("D",))))
+        elif isinstance(site_fr, Mapping):
+            kw["site_fractions"] = tuple(sorted((str(s), triple(f)) for s, f in site_fr.items()))
+        else:
+            raise SplitError(f"splits.site_fractions={site_fr!r}: a mapping site -> fractions, or `cohort`")
         if "external_sites" in sec:
             kw["external_sites"] = tuple(str(s) for s in sec["external_sites"] or ())
         return cls(**kw)

@@ -11,7 +11,9 @@ import pytest
 from cohort.config import CohortConfig, CohortConfigError
 from cohort.simulate import CohortOutputError, run_cohort
 
-from .conftest import small_params
+from osteo_config.params import load_params
+
+from .conftest import REPO, small_params
 
 
 def _digest(folder):
@@ -61,3 +63,30 @@ def test_unknown_references_and_foreign_output_folders_are_refused(tmp_path):
         run_cohort(CohortConfig.from_params(small_params()), tmp_path / "raw", tmp_path / "truth",
                    sites=["A"], n_patients=1, progress=False)
     assert (tmp_path / "raw" / "hospital.txt").exists()
+
+
+def test_test_scale_enlarges_only_the_test_split_and_splits_follow_it():
+    from osteo_config.splits import SplitConfig, SplitError
+
+    params = load_params(REPO / "params.yaml", "demo")
+    cfg = CohortConfig.from_params(params)
+    for name, site in cfg.sites.items():
+        train, valid, test = site.planned_splits(cfg.scale, cfg.test_scale.get(name))
+        t_train, t_valid, t_test = site.patients
+        # training keeps the paper's site mix: train/valid at `scale` exactly as without test_scale
+        assert (train, valid) == site.planned_splits(cfg.scale)[:2]
+        assert test == int(cfg.test_scale.get(name, cfg.scale) * t_test + 0.5)
+        assert cfg.n_patients(name) == train + valid + test
+    assert cfg.n_patients("B") > cfg.sites["B"].n_patients(cfg.scale)     # the demo's B test split is enlarged
+    splits = SplitConfig.from_params(params)
+    for name, fr in splits.site_fractions:
+        counts = cfg.sites[name].planned_splits(cfg.scale, cfg.test_scale.get(name))
+        assert fr == pytest.approx(tuple(c / sum(counts) for c in counts))
+    assert "D" not in dict(splits.site_fractions)                           # external: test-only anyway
+    # without test_scale the old rule holds: round(scale x Table-1 total)
+    plain = CohortConfig.from_params({**params, "cohort": {**params["cohort"], "test_scale": None}})
+    assert plain.n_patients("A") == plain.sites["A"].n_patients(plain.scale)
+    with pytest.raises(SplitError, match="cohort"):
+        SplitConfig.from_params({**params, "splits": {**params["splits"], "site_fractions": "cohrt"}})
+    with pytest.raises(CohortConfigError, match="test_scale"):
+        CohortConfig.from_params({**params, "cohort": {**params["cohort"], "test_scale": {"Z": 0.1}}})
