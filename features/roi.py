@@ -280,10 +280,12 @@ def extract_rois(ct: Volume, levels: Volume, spec: RoiSpec, item: str,
     boxes = [b for b in _label_boxes(lab, max(wanted), wanted) if b is not None]
     lo = np.min([[s.start for s in b] for b in boxes], axis=0)
     hi = np.max([[s.stop - 1 for s in b] for b in boxes], axis=0)
-    margin = shape // 2 + int(np.ceil(spec.body_opening_mm / target.min())) + 2
+    # only the label nodes are needed: a node takes its nearest source voxel, so labelled nodes lie within
+    # 0.5 source voxel of the box; 2 more keep every level's box (+-1, below) inside the region
+    margin = 2 + np.ceil(0.5 / ratio).astype(np.int64)
     kmin = np.floor(lo / ratio).astype(np.int64) - margin
     kmax = np.ceil(hi / ratio).astype(np.int64) + margin
-    # (X, Y, Z) labels on the isotropic grid around all wanted vertebrae
+    # (X, Y, Z) labels on the isotropic grid around all wanted vertebrae (ROIs sample the CT themselves)
     iso = sample_grid(lab, ratio, kmin, tuple(kmax - kmin + 1), order=0, cval=0)
     coeffs = ct.array
     if spec.ct_spline_order > 1:

@@ -101,3 +101,45 @@ def test_extract_rois_equal_reference(synth, seed, spacing):
         assert a.level == b.level and a.stats == b.stats
         assert np.array_equal(a.hu, b.hu) and np.array_equal(a.body, b.body)
     assert n_roi >= 3
+
+
+@pytest.mark.slow
+def test_extract_rois_equal_reference_on_simulator_studies(tmp_path):
+    # purpose: on the simulator's CTs (scanner spacings 0.7-0.9 mm x 1.25-3 mm, NIfTI/DICOM, all mask
+    # conventions) every ROI, body mask, statistic and error is identical to the reference
+    import copy
+    from pathlib import Path
+
+    import pandas as pd
+
+    from cohort.config import CohortConfig
+    from cohort.simulate import run_cohort
+    from features.ingest import IngestConfig
+    from features.io.masks import read_mask
+    from features.io.volume import to_ras
+    from features.study import StudyTask, _levels_present, read_ct_study
+    from osteo_config.params import load_params
+
+    params = copy.deepcopy(load_params(Path(__file__).resolve().parents[2] / "params.yaml", "demo"))
+    params["cohort"].update(workers=1, dicom_share=0.3, totalseg_dir_share=0.3, verse_share=0.3)
+    params["cohort"]["faults"] = {k: 0.0 for k in params["cohort"]["faults"]}
+    run_cohort(CohortConfig.from_params(params), tmp_path / "raw", tmp_path / "truth", sites=["A", "C"],
+               n_patients=2, progress=False)
+    spec = roi_spec(IngestConfig.from_params(params))
+    n_roi = 0
+    for r in pd.read_csv(tmp_path / "raw" / "ct_studies.csv").itertuples():
+        task = StudyTask("s", str(tmp_path / "raw" / r.ct_path), r.ct_format, str(tmp_path / "raw" / r.mask_path),
+                         r.mask_format)
+        ct = to_ras(read_ct_study(task)[0])
+        levels = to_ras(read_mask(Path(task.mask_path), task.mask_format, "s").volume)
+        wanted, _ = _levels_present(levels.array, "s")
+        new = extract_rois(ct, levels, spec, "s", wanted)
+        for a, b in zip(new, extract_rois_reference(ct, levels, spec, "s", wanted), strict=True):
+            assert type(a) is type(b)
+            if isinstance(b, Exception):
+                assert str(a) == str(b)
+                continue
+            n_roi += 1
+            assert a.level == b.level and a.stats == b.stats
+            assert np.array_equal(a.hu, b.hu) and np.array_equal(a.body, b.body)
+    assert n_roi >= 10
