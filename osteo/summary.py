@@ -41,12 +41,30 @@ def _echo_promotion(out: dict[str, Any]) -> None:
         typer.echo(f"{name} v{version}: REJECTED; it stays registered (status refused), champion "
                    + (f"stays v{champ}" if champ else "unset"))
         for g in out["failed_gates"]:
-            typer.echo(f"  failed gate {g['gate']} ({g['kind']}) {g['scope']}/{g['level']} {g['metric']}: "
+            what = "no decision (too few patients)" if g.get("status") == "insufficient" else "failed gate"
+            typer.echo(f"  {what} {g['gate']} ({g['kind']}) {g['scope']}/{g['level']} {g['metric']}: "
                        f"value {g['value']} vs bound {g['bound']}" + (f" ({g['note']})" if g.get("note") else ""))
         for r in out["reasons"]:
             if not r.startswith("gate failed:"):
                 typer.echo(f"  refused: {r}")
+    for line in _gate_scope_lines(out):
+        typer.echo(line)
     typer.echo(f"aliases: {out['aliases']}  (actor {out['actor']}; audit event {out['event_seq']})")
+
+
+def _gate_scope_lines(prom: dict[str, Any]) -> list[str]:
+    """Per site / pooled scope: test patients with / without osteoporosis and what its gates decided."""
+    rows = prom.get("gate_scopes") or []
+    if not rows:
+        return []
+    word = {"pass": "passed", "fail": "FAILED", "insufficient": "INSUFFICIENT EVIDENCE", "skipped": "skipped"}
+    lines = ["gates per scope (test patients osteoporotic / other; checks passed, failed, lacking evidence):"]
+    for r in rows:
+        counts = "n/a" if r.get("n_pos") is None else f"{r['n_pos']:>3} / {r['n_neg']:<3}"
+        lines.append(f"  {r['scope']:<9} {counts}  {word.get(r['decision'], r['decision']):<21} "
+                     f"({r.get('pass', 0)} passed, {r.get('fail', 0)} failed, {r.get('insufficient', 0)} insufficient"
+                     + (f", {r['skipped']} skipped" if r.get("skipped") else "") + ")")
+    return lines
 
 
 def _print_retrain_summary(result: dict[str, Any], params: dict[str, Any]) -> None:
@@ -75,7 +93,13 @@ def _print_retrain_summary(result: dict[str, Any], params: dict[str, Any]) -> No
     if prom:
         typer.echo(f"  registry: {params['registry']['model_name']} v{prom.get('version')} {prom.get('state').upper()}; "
                    f"aliases {prom.get('aliases') or '{} (no champion yet)'}")
+        for line in _gate_scope_lines(prom):
+            typer.echo("    " + line)
         for g in prom.get("failed_gates") or []:
+            if g.get("status") == "insufficient":
+                typer.echo(f"    no decision {g.get('gate')}: {g.get('scope')} {g.get('level')} {g.get('metric')}: "
+                           f"{g.get('note')}")
+                continue
             bound = g.get("bound") or [None, None]
             bound = bound if isinstance(bound, list) else [bound, None]
             rule = " and ".join(x for x in (f">= {bound[0]:g}" if bound[0] is not None else "",

@@ -283,3 +283,26 @@ def evaluate_gates(metrics: Mapping[str, Any], champion_metrics: Mapping[str, An
     has_champion = champion_metrics is not None or champion_version is not None
     return GateReport(tuple(checks), cfg.digest(), champion_version if has_champion else None,
                       tuple(sorted(cfg.gate_ids())), ev is None or ev.action == "block")
+
+
+def scope_decisions(report: GateReport, metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per metric scope (``site_A`` ... ``pooled``): test patients with / without osteoporosis and
+    what the scope's checks decided (``pass`` / ``fail`` / ``insufficient`` evidence / ``skipped``).
+
+    The scope's decision is ``fail`` if any check failed, else ``insufficient`` if any lacked
+    evidence, else ``pass`` (``skipped`` when every check was skipped). Subgroup scopes are left out.
+    """
+    out = []
+    for scope, counts in report.by_scope().items():
+        if scope.startswith("subgroups"):
+            continue
+        pat = (metrics.get(scope) or {}).get("patient") or {} if isinstance(metrics, Mapping) else {}
+        n_pos, n = pat.get("n_pos"), pat.get("n_patients", pat.get("n"))
+        decision = ("fail" if counts["fail"] else "insufficient" if counts["insufficient"]
+                    else "pass" if counts["pass"] else "skipped")
+        out.append({"scope": scope, "n_pos": n_pos, "n_neg": None if n is None or n_pos is None else n - n_pos,
+                    "decision": decision, **counts,
+                    "checks": [{"gate": c.gate, "metric": c.metric, "level": c.level, "status": c.status}
+                               for c in report.checks if c.scope == scope]})
+    order = {"site": 0, "internal": 1, "external": 2, "pooled": 3}
+    return sorted(out, key=lambda r: (order.get(r["scope"].split("_")[0], 9), r["scope"]))

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 from registry import audit
 from registry.config import RegistryConfig
 from registry.errors import (AuditLogError, EvaluationMissingError, RegistryError, StaleEvaluationError)
-from registry.gates import GateReport, GatesConfig, evaluate_gates
+from registry.gates import GateReport, GatesConfig, evaluate_gates, scope_decisions
 from registry.registry import (CHAMPION, _client, aliases, approve, champion_metrics, consistency, headline, promote,
                                register_candidate, reject, repair, rollback)
 
@@ -111,9 +111,11 @@ def lineage_tags(cfg: RegistryConfig, run_id: str) -> dict[str, str]:
 
 
 def _failed(report: GateReport) -> list[dict[str, Any]]:
+    """Failed checks, and checks without enough evidence when those block (``min_evidence.action: block``)."""
+    blocking = report.failures + (report.insufficient if report.evidence_blocks else ())
     return [{"gate": c.gate, "kind": c.kind, "scope": c.scope, "level": c.level, "metric": c.metric,
-             "value": c.value, "bound": list(c.bound) if isinstance(c.bound, tuple) else c.bound, "note": c.note}
-            for c in report.failures]
+             "value": c.value, "bound": list(c.bound) if isinstance(c.bound, tuple) else c.bound, "note": c.note,
+             "status": c.status} for c in blocking]
 
 
 def _write(out: Path | None, record: Mapping[str, Any]) -> None:
@@ -161,6 +163,7 @@ def promote_candidate(cfg: RegistryConfig, gates: GatesConfig, finetune_json: Pa
               "aliases": aliases(cfg.model_name, cfg.uri), "champion": outcome.champion,
               "previous_champion": outcome.previous_champion, "actor": actor, "reason": reason,
               "event_seq": outcome.event_seq, "gates_passed": report.passed,
+              "gate_scopes": scope_decisions(report, metrics),
               "gates_config_digest": report.config_digest,
               "compared_with_champion": report.champion_version,
               "evaluated_against_champion": record.get("champion_version"),

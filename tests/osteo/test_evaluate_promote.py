@@ -207,6 +207,8 @@ def test_degraded_candidate_is_refused_with_its_gate_and_champion_stays(ws):
     res = CliRunner().invoke(app, ["--params", str(params_file), "registry", "promote"])
     assert res.exit_code == EXIT_REJECTED, res.output
     assert "REJECTED" in res.output and "rules[0]" in res.output and f"{auroc['value']}" in res.output
+    pooled = [line for line in res.output.splitlines() if line.strip().startswith("pooled ")]
+    assert "gates per scope" in res.output and pooled and "FAILED" in pooled[0], res.output   # per-scope decision
     res = CliRunner().invoke(app, ["--params", str(params_file), "registry", "promote", "--no-fail-on-reject"])
     assert res.exit_code == 0 and "REJECTED" in res.output
     assert steps.registry_status(Config.from_params(ws))["aliases"] == {"champion": first["version"]}

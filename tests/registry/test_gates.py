@@ -201,3 +201,17 @@ def test_registry_and_evaluation_import_without_torch():
             "('osteo_model.metrics', 'osteo_model.bootstrap', 'osteo_model.evaluate')]; print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_scope_decisions_count_patients_and_name_the_decision(gates_cfg):
+    from dataclasses import replace
+    from registry.gates import EvidenceRule, scope_decisions
+    cfg = replace(gates_cfg, min_evidence=EvidenceRule(10, 10, "block"))
+    m = fake_metrics(A={"sen": 40.0})
+    m["site_C"]["patient"].update(n_pos=2, n_patients=7, n=7)
+    rows = {r["scope"]: r for r in scope_decisions(evaluate_gates(m, None, cfg), m)}
+    assert rows["site_A"]["decision"] == "fail" and rows["site_A"]["fail"] == 1
+    assert rows["site_C"]["decision"] == "insufficient" and (rows["site_C"]["n_pos"], rows["site_C"]["n_neg"]) == (2, 5)
+    assert rows["site_B"]["decision"] == "pass" and (rows["site_B"]["n_pos"], rows["site_B"]["n_neg"]) == (20, 30)
+    assert rows["pooled"]["decision"] == "pass" and not any(s.startswith("subgroups") for s in rows)
+    assert [r["scope"] for r in scope_decisions(evaluate_gates(m, None, cfg), m)][:3] == ["site_A", "site_B", "site_C"]
