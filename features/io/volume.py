@@ -70,7 +70,15 @@ def read_nifti(path: Path, item: str, what: str, dtype: type = np.float32) -> Vo
         raise UnreadableFileError(item, f"{what} file is missing", f"re-export the {what} of this study")
     try:
         img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float64)
+        proxy = img.dataobj
+        raw_dtype = np.dtype(img.get_data_dtype())
+        if (raw_dtype.kind in "iu" and float(getattr(proxy, "slope", 1.0)) == 1.0
+                and float(getattr(proxy, "inter", 0.0)) == 0.0 and np.can_cast(raw_dtype, dtype, "safe")):
+            # integers stored unscaled (every CT and mask the simulator or a PACS converter writes):
+            # the values are exact in ``dtype`` already, and finite; skip the float64 round trip
+            data = np.asanyarray(proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else proxy)
+        else:
+            data = np.asarray(proxy, dtype=np.float64)
         affine = np.asarray(img.affine, dtype=np.float64)
     except Exception as exc:  # nibabel raises many types; the message may hold the path
         raise UnreadableFileError(
@@ -81,13 +89,13 @@ def read_nifti(path: Path, item: str, what: str, dtype: type = np.float32) -> Vo
     if data.ndim != 3 or min(data.shape) < 1:
         raise UnreadableFileError(item, f"{what} is {data.ndim}-D, expected a 3-D volume",
                                   f"export the {what} as a single 3-D volume")
-    if not np.all(np.isfinite(data)) or not np.all(np.isfinite(affine)):
+    if (data.dtype.kind == "f" and not np.all(np.isfinite(data))) or not np.all(np.isfinite(affine)):
         raise UnreadableFileError(item, f"{what} holds NaN/inf voxels or affine",
                                   f"re-export the {what} of this study")
     if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise UnreadableFileError(item, f"{what} affine is singular",
                                   f"re-export the {what} with valid qform/sform")
-    if dtype in (np.int16, np.int32, np.uint8):
+    if dtype in (np.int16, np.int32, np.uint8) and data.dtype.kind == "f":
         data = np.rint(data)
     return Volume(array=data.astype(dtype), affine=affine)
 
