@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROFILE ?=
 
-.PHONY: demo test venv lock bench repro clean-data browser orthanc
+.PHONY: demo test venv lock bench repro clean-data browser orthanc doctools
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
@@ -30,6 +30,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@$(MAKE) -s browser || echo "could not install chromium (not root / no apt?): the MLflow UI browser test will be skipped"
 	@$(MAKE) -s orthanc || echo "could not install orthanc (not root / no apt?): the PACS round-trip tests will be skipped"
+	@$(MAKE) -s doctools || echo "could not install poppler-utils / dicom3tools (not root / no apt?): the PDF rendering and dciodvfy checks will be skipped"
 	$(BIN)/python -m pytest -q
 
 # Rebuild the pipeline with DVC (only what changed); the venv's tools on PATH; the profile is params.yaml's.
@@ -53,6 +54,13 @@ orthanc:
 	  echo "orthanc + orthanc-dicomweb present"; \
 	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q orthanc orthanc-dicomweb \
 	  && { service orthanc stop >/dev/null 2>&1 || true; }; fi
+
+# pdftotext / pdftoppm (poppler-utils) and dciodvfy (dicom3tools) from Debian, for the screening report tests
+# (the PDF renders, the SR validates); needs root on Debian. Does nothing when they are already there.
+doctools:
+	@if command -v pdftoppm >/dev/null && command -v pdftotext >/dev/null && command -v dciodvfy >/dev/null; then \
+	  echo "poppler-utils + dicom3tools present"; \
+	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q poppler-utils dicom3tools; fi
 
 # Re-resolve the pinned set from requirements.in (needs network to the registry).
 lock:

@@ -15,6 +15,10 @@ SEXES = ("female", "male")
 REGIONS = ("L1", "L2", "L3", "L4", "L1-L4")
 
 
+# The intended-use statement every report and every registered model version carries (one place).
+INTENDED_USE = "Research use only; not a diagnostic device. Results must be confirmed by DXA."
+
+
 class ScreenConfigError(ConfigError):
     """The ``screen:`` section of params.yaml is malformed (the message names the key and the fix)."""
 
@@ -135,6 +139,18 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class PacsConfig:
+    """``osteo screen run --pacs URL``: how far back the first query looks and the DICOMweb timeout."""
+
+    lookback_days: int = 30                # StudyDate window of the QIDO query (days before today)
+    timeout_s: float = 60.0                # per DICOMweb request (s)
+
+    def __post_init__(self) -> None:
+        _check(self.lookback_days >= 0, f"pacs.lookback_days={self.lookback_days} must be >= 0 days")
+        _check(self.timeout_s > 0, f"pacs.timeout_s={self.timeout_s} must be > 0 s")
+
+
+@dataclass(frozen=True)
 class ScreenConfig:
     """The ``screen:`` section of params.yaml (units and ranges are commented there)."""
 
@@ -146,6 +162,7 @@ class ScreenConfig:
     references: ReferenceTables | None = None
     experiment: str = "osteo-screening"        # MLflow experiment of the batch runs (counts and drift only)
     segmenter_timeout_s: float = 3600.0        # wall-clock limit of one --segmenter call (s)
+    pacs: PacsConfig = PacsConfig()
 
     def __post_init__(self) -> None:
         _check(self.review in ("none", "required"), f"review={self.review!r} must be none or required")
@@ -173,4 +190,7 @@ class ScreenConfig:
             kw["drift"] = DriftConfig(**{k: (int(v) if k in ("bins", "min_batch") else float(v)) for k, v in d.items()})
         if "references" in sec:
             kw["references"] = ReferenceTables.parse(sec["references"])
+        if "pacs" in sec:
+            pc = _section(sec["pacs"], "screen.pacs", PacsConfig)
+            kw["pacs"] = PacsConfig(**{k: (int(v) if k == "lookback_days" else float(v)) for k, v in pc.items()})
         return cls(**kw)

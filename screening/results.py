@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
+from osteo_config.screen import INTENDED_USE  # noqa: F401  (one statement for reports and model cards)
 from screening.quality import level_name
-
-INTENDED_USE = "Research use only; not a diagnostic device. Results must be confirmed by DXA."
 
 
 @dataclass(frozen=True)
