@@ -143,7 +143,9 @@ def mlflow_server(workdir: Path, *, auth: bool | None = None, startup_timeout_s:
             ini.write_text("[mlflow]\ndefault_permission = READ\n"
                            f"database_uri = sqlite:///{workdir / 'basic_auth.db'}\n"
                            f"admin_username = {ADMIN_USER}\nadmin_password = {ADMIN_PASSWORD}\n"
-                           "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                           "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                           # PBKDF2 check once per minute, not per request (seconds each on a loaded machine)
+                           "auth_cache_ttl_seconds = 60\n")
             env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
             env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = uuid.uuid4().hex      # CSRF secret of this one server
             cmd += ["--app-name", "basic-auth"]

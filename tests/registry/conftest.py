@@ -129,3 +129,36 @@ def with_paired(candidate: dict, champion: dict | None, champion_version: str | 
             paired[k] = {"diff": v - c, "lo": v - c - half_width, "hi": v - c + half_width, "p": 0.5}
         comp[scope] = {"patient": paired}
     return {**candidate, "vs_champion": comp}
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` (PostgreSQL backend, proxied artifacts, basic auth where installed) for the
+    session; its client credentials are in the environment meanwhile (subprocesses inherit them)."""
+    import os
+
+    from osteo_testing.mlflow_server import ServiceUnavailable, mlflow_server as start
+
+    try:
+        with start(tmp_path_factory.mktemp("mlflow-server")) as server:
+            saved = {k: os.environ.get(k) for k in server.client_env()}
+            os.environ.update(server.client_env())
+            try:
+                yield server
+            finally:
+                for k, v in saved.items():
+                    os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    except ServiceUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def registry_store():
+    """A fresh PostgreSQL database as the registry store (``registry.lock_uri``), dropped afterwards."""
+    from osteo_testing.mlflow_server import ServiceUnavailable, temporary_database
+
+    try:
+        with temporary_database("osteo_registry") as uri:
+            yield uri
+    except ServiceUnavailable as exc:
+        pytest.skip(str(exc))
