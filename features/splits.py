@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from features import atomic
 from osteo_config.splits import SPLITS, ASSIGNMENTS, SplitError, SplitConfig  # noqa: F401  (configuration lives in the leaf package)
 
 
@@ -117,12 +119,12 @@ def run_splits(cfg: SplitConfig, ingest_dir: str | Path, interim_dir: str | Path
     table = assign_splits(pd.read_parquet(src, columns=["patient_id", "site"]), cfg)
     out = Path(interim_dir) / cfg.file
     out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out, index=False)
+    atomic.write_parquet(out, table, index=False)
     digest = table_sha256(table)
     counts = {s: {k: int(v) for k, v in g["split"].value_counts().items()} for s, g in table.groupby("site")}
     meta = {"sha256": digest, "rows": len(table), "seed": cfg.seed, "assignment": cfg.assignment,
             "external_sites": list(cfg.external_sites), "counts": counts, "source": src.name}
-    out.with_suffix(".sha256.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    atomic.write_json(out.with_suffix(".sha256.json"), meta, indent=2, sort_keys=True)
     return SplitSummary(path=str(out), sha256=digest, counts=counts)
 
 

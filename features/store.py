@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from features import atomic
 from features import pit
 from features.feature_repo.tables import (CT_KEYS, PreparedTables, TableError, prepare_tables,
                                          vertebra_id)
@@ -87,7 +88,7 @@ def write_feature_store_yaml(cfg: FeatureStoreConfig, repo_dir: str | Path) -> P
         project=cfg.project, registry_path=cfg.registry_path, sqlite_path=cfg.sqlite_path,
         registry_sql=cfg.registry_sql, redis=cfg.redis, cache_ttl_seconds=cfg.cache_ttl_seconds)
     out = repo_dir / "feature_store.yaml"
-    out.write_text(text)
+    atomic.write_text(out, text)
     return out
 
 
@@ -164,7 +165,7 @@ def materialize(cfg: FeatureStoreConfig, ingest_dir: str | Path, texture_dir: st
                                  ct_schema_sha256=prepared.ct_schema_sha256, profile=cfg.profile)
     # the file is a DVC output, hashed: no wall-clock window ends in it (they live in Feast's registry)
     record = {k: v for k, v in summary.to_dict().items() if k != "windows"}
-    (repo_dir / "data" / "materialize_summary.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    atomic.write_text(repo_dir / "data" / "materialize_summary.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
     log.info("materialized %s", rows)
     return summary
 

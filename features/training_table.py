@@ -8,13 +8,13 @@ holds no pairing logic of its own.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from features import atomic
 from features.splits import load_splits
 from features.store import FeatureStoreConfig, training_set
 
@@ -71,11 +71,11 @@ def build_training_table(cfg: FeatureStoreConfig, repo_dir: Path, splits_path: P
             f"{missing} paired vertebrae have no split: re-run `osteo splits` after `osteo ingest`")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out.to_parquet(out_path, index=False)
+    atomic.write_parquet(out_path, out, index=False)
     summary = TrainingTableSummary(
         path=str(out_path), rows=len(out),
         by_split={k: int(v) for k, v in out["split"].value_counts().sort_index().items()},
         by_site={k: int(v) for k, v in out["site"].value_counts().sort_index().items()},
         pairing=pairing)
-    out_path.with_suffix(".json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+    atomic.write_json(out_path.with_suffix(".json"), summary.to_dict(), indent=2, default=str)
     return summary
