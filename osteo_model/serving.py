@@ -13,7 +13,9 @@ threshold) and no input column, so no identifier travels through. The I/O
 contract (:func:`model_contract`: modality, HU window, spacing, ROI shape,
 channels, feature service, intended use, threshold) is logged as the model's
 ``io_contract`` metadata. The input example is synthetic (every voxel at the
-training channel mean), so it carries no patient data.
+training channel mean), so it carries no patient data. The model is portable: the
+packages it imports travel with it as MLflow ``code_paths`` (:func:`pyfunc_code_paths`),
+and :func:`pyfunc_requirements` pins its third-party requirements.
 """
 from __future__ import annotations
 
@@ -32,6 +34,22 @@ def pyfunc_requirements() -> list[str]:
     import torch
     return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
             f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
+
+
+# project packages the pyfunc imports when it loads and predicts (osteo_model.checkpoint -> features.atomic;
+# configs -> osteo_config); logged as the model's code_paths so a fresh environment needs no checkout of the repo
+CODE_PACKAGES = ("osteo_model", "osteo_config", "features")
+
+
+def pyfunc_code_paths() -> list[str]:
+    """Folders of :data:`CODE_PACKAGES`, logged with the model (MLflow puts them on ``sys.path`` at load time).
+
+    Without them the pickled :class:`ScreeningPyfunc` refers to ``osteo_model.serving`` by name only and
+    ``mlflow models serve`` in an environment without this repository fails on import.
+    """
+    import importlib
+
+    return [str(Path(importlib.import_module(name).__file__).parent) for name in CODE_PACKAGES]
 
 
 PYFUNC_INPUTS = {

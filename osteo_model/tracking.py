@@ -221,12 +221,13 @@ class Tracker:
         import mlflow
 
         from osteo_model.references import serving_files
-        from osteo_model.serving import ScreeningPyfunc, pyfunc_requirements, pyfunc_signature
+        from osteo_model.serving import ScreeningPyfunc, pyfunc_code_paths, pyfunc_requirements, pyfunc_signature
         signature, example, contract = pyfunc_signature(bundle)
         artifacts = serving_files(bundle)                # bundle + operating point, BMD interval, drift reference
         info = mlflow.pyfunc.log_model(name=name, python_model=ScreeningPyfunc(), artifacts=artifacts,
                                        signature=signature, input_example=(example, {"device_vendor": "Hologic"}),
-                                       pip_requirements=pyfunc_requirements(), metadata={"io_contract": contract})
+                                       pip_requirements=pyfunc_requirements(), metadata={"io_contract": contract},
+                                       code_paths=pyfunc_code_paths())     # loads without this repo on the path
         return info.model_uri
 
     def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
