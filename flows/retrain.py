@@ -9,7 +9,8 @@ re-runs only ``promote``. The champion is registry state, not a file: after a
 promotion elsewhere, ``dvc repro -f evaluate`` re-compares (see dvc.yaml).
 
 - Retries: transient failures only, as in the features flow.
-- Final state: ``Promoted`` or ``Rejected`` (both Completed: the flow did its
+- Final state: ``Promoted``, ``AwaitingApproval`` (``registry.approval: required``: a cron job
+  never moves ``champion`` without a named approver) or ``Rejected`` (all Completed: the flow did its
   job; the rejection message lists every failed gate with its numbers, read
   from ``metrics/promotion.json``), or ``Failed`` (a stage failed: bad data
   stopped by validation, a training error).
@@ -34,6 +35,9 @@ def outcome_message(outcome: Mapping[str, Any]) -> str:
     """One line from ``promotion.json``: promoted, or rejected with every failed gate and its numbers."""
     if outcome.get("state") == "promoted":
         return f"version {outcome.get('version')} promoted to champion"
+    if outcome.get("state") == "awaiting_approval":                     # registry.approval: required
+        return (f"version {outcome.get('version')} passed the gates, awaiting approval: "
+                f"`osteo registry approve {outcome.get('version')} --reason TEXT --approver NAME`")
     gates = outcome.get("failed_gates") or []
     listed = [g if isinstance(g, str) else
               f"{g.get('gate')} {g.get('scope')}/{g.get('level')} {g.get('metric')} = {g.get('value')} (bound {g.get('bound')})"
@@ -82,7 +86,7 @@ def retrain(params_file: str = "params.yaml", profile: str | None = None, materi
     outcome = out.get("promotion")
     if outcome is None:
         raise RetrainFailed(f"the promote stage wrote no {s.file('metrics', 'promotion.json')}")
-    name = "Promoted" if outcome.get("state") == "promoted" else "Rejected"
+    name = {"promoted": "Promoted", "awaiting_approval": "AwaitingApproval"}.get(outcome.get("state"), "Rejected")
     message = outcome_message(outcome)
     if not out["stages"]["promote"]["ran"]:
         message += " (recorded earlier: nothing changed since, DVC skipped the stages)"
