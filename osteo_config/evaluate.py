@@ -20,6 +20,8 @@ class EvaluateConfig:
     n_boot: int = 1000
     ci_level: float = 0.95
     seed: int = 20260601
+    min_defined_share: float = 0.9
+    n_perm: int = 1000
     ci_metrics: tuple[str, ...] = ("acc", "sen", "spe", "f1", "auroc", "auprc", "bmd_r", "bmd_mae")
     compare_metrics: tuple[str, ...] = ("acc", "sen", "spe", "f1", "auroc")
     reliability_bins: int = 10
@@ -34,6 +36,8 @@ class EvaluateConfig:
               f"external_sites {list(self.external_sites)} must be a subset of sites {list(self.sites)}")
         check(self.n_boot >= 1, f"n_boot={self.n_boot} must be >= 1")
         check(0.0 < self.ci_level < 1.0, f"ci_level={self.ci_level} must lie in (0, 1)")
+        check(0.0 <= self.min_defined_share <= 1.0, f"min_defined_share={self.min_defined_share} must lie in [0, 1]")
+        check(self.n_perm >= 1, f"n_perm={self.n_perm} must be >= 1")
         check(self.reliability_bins >= 2, f"reliability_bins={self.reliability_bins} must be >= 2")
         check(list(self.age_bands) == sorted(self.age_bands), "age_bands must be increasing")
         check(set(self.subgroups) <= {"sex", "age_band", "scanner", "site", "contrast"},

@@ -1,4 +1,5 @@
-"""Patient-level bootstrap (METHOD.md §6): resampling, percentile intervals, paired differences, McNemar.
+"""Patient-level bootstrap (METHOD.md §6): resampling, percentile intervals, paired differences,
+the paired permutation test, McNemar.
 
 Patients are resampled with replacement within each site (stratum), a patient bringing all
 of their vertebrae. Pure numpy; the statistics come from :mod:`osteo_model.metrics`.
@@ -6,7 +7,8 @@ of their vertebrae. Pure numpy; the statistics come from :mod:`osteo_model.metri
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -65,24 +67,68 @@ def percentile_ci(replicates: np.ndarray, level: float = 0.95) -> tuple[float, f
     return float(np.quantile(r, a)), float(np.quantile(r, 1.0 - a))
 
 
+@dataclass(frozen=True)
+class Interval:
+    """A percentile CI and how many replicates it rests on.
+
+    Attributes:
+        lo / hi: the bounds (NaN when the interval is withheld, see ``reason``).
+        n_defined: replicates where the statistic was finite (the interval's sample).
+        n_undefined: replicates where it was NaN (e.g. a resample with one class for AUROC);
+            they are left out of the quantiles, never counted as 0 or 1.
+        reason: why the interval is withheld (``None`` when it is reported).
+    """
+
+    lo: float
+    hi: float
+    n_defined: int
+    n_undefined: int
+    reason: str | None = None
+
+
+def interval(replicates: np.ndarray, level: float = 0.95, min_defined_share: float = 0.0) -> Interval:
+    """Percentile interval of the finite replicates, withheld (NaN) below ``min_defined_share`` of them defined.
+
+    A CI computed from the few replicates where a statistic happens to be defined describes those
+    resamples, not the test set: below the share it is reported as missing with the counts.
+    """
+    r = np.asarray(replicates, dtype=np.float64)
+    ok = np.isfinite(r)
+    n_def, n_undef = int(ok.sum()), int((~ok).sum())
+    if n_def == 0:
+        return Interval(float("nan"), float("nan"), 0, n_undef, f"undefined in all {r.size} replicates")
+    if n_def < min_defined_share * r.size:
+        return Interval(float("nan"), float("nan"), n_def, n_undef,
+                        f"defined in {n_def} of {r.size} replicates (< evaluate.min_defined_share "
+                        f"{min_defined_share:g})")
+    lo, hi = percentile_ci(r[ok], level)
+    return Interval(lo, hi, n_def, n_undef)
+
+
 def bootstrap_ci(patient_ids: Sequence, strata: Sequence, statistic: Statistic, n_boot: int, seed: int,
-                 level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Patient-level bootstrap percentile CIs of every value returned by ``statistic(row_indices)``."""
+                 level: float = 0.95, min_defined_share: float = 0.0) -> dict[str, Interval]:
+    """Patient-level bootstrap percentile CIs of every value returned by ``statistic(row_indices)``.
+
+    Returns:
+        Per key an :class:`Interval` (``lo``, ``hi``, ``n_defined``, ``n_undefined``, ``reason``).
+    """
     reps = bootstrap_replicates(PatientResampler(patient_ids, strata), statistic, n_boot, seed)
-    return {k: percentile_ci(v, level) for k, v in reps.items()}
+    return {k: interval(v, level, min_defined_share) for k, v in reps.items()}
 
 
 def paired_bootstrap(patient_ids: Sequence, strata: Sequence, stat_a: Statistic, stat_b: Statistic,
-                     n_boot: int, seed: int, level: float = 0.95) -> dict[str, dict[str, float]]:
-    """Paired bootstrap of ``stat_a - stat_b`` on the same resampled patients.
+                     n_boot: int, seed: int, level: float = 0.95,
+                     min_defined_share: float = 0.0) -> dict[str, dict[str, Any]]:
+    """Paired bootstrap CI of ``stat_a - stat_b`` on the same resampled patients.
 
-    Both statistics see the same row indices in every replicate. The two-sided
-    p-value is ``min(1, 2 * (min(#{d <= 0}, #{d >= 0}) + 1) / (B + 1))`` over
-    the finite replicate differences d (so identical models give p = 1 and a
-    model better in every replicate gives p = 2 / (B + 1)).
+    Both statistics see the same row indices in every replicate. This gives the interval of the
+    difference only; its p-value is the permutation test :func:`paired_permutation` (the share of
+    bootstrap differences on one side of 0 is not a p-value under any null).
 
     Returns:
-        Per key: ``diff`` (point difference on all rows), ``lo``, ``hi`` (percentile CI), ``p``.
+        Per key: ``diff`` (point difference on all rows), ``lo``, ``hi`` (percentile CI of the finite
+        replicate differences), ``n_undefined`` (replicates where the difference was NaN) and, when
+        the CI is withheld, ``ci_reason``.
     """
     rs = PatientResampler(patient_ids, strata)
     everything = np.arange(rs.n_rows)
@@ -94,17 +140,62 @@ def paired_bootstrap(patient_ids: Sequence, strata: Sequence, stat_a: Statistic,
         a, b = stat_a(idx), stat_b(idx)
         for k in diffs:
             diffs[k].append(a[k] - b[k])
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for k, d in diffs.items():
+        ci = interval(np.asarray(d, dtype=np.float64), level, min_defined_share)
+        out[k] = {"diff": float(point_a[k] - point_b[k]), "lo": ci.lo, "hi": ci.hi, "n_undefined": ci.n_undefined}
+        if ci.reason:
+            out[k]["ci_reason"] = ci.reason
+    return out
+
+
+OutputStatistic = Callable[[np.ndarray], Mapping[str, float]]
+
+
+def paired_permutation(patient_ids: Sequence, statistic: OutputStatistic, out_a: np.ndarray, out_b: np.ndarray,
+                       n_perm: int, seed: int, tol: float = 1e-12) -> dict[str, dict[str, float]]:
+    """Two-sided paired permutation test of ``statistic(out_a) - statistic(out_b)`` (H0: exchangeable models).
+
+    Under H0 the two models' outputs for a patient are exchangeable, so each replicate swaps
+    A's and B's outputs for a random half of the patients (all rows of a patient together: a
+    patient stays in its site, so every site keeps its patients and the null keeps the site mix).
+    ``p_perm = (1 + #{|d*| >= |d|}) / (1 + n_defined)`` over the replicates d* where the difference
+    is defined (Phipson & Smyth 2010: never 0; identical models give exactly 1).
+
+    Args:
+        patient_ids: one patient id per row.
+        statistic: outputs ``(n_rows, m)`` -> metrics; it sees A's outputs, B's, or a row-wise mix.
+        out_a / out_b: the two models' outputs on the same rows ``(n_rows, m)``, on exchangeable
+            scales (e.g. per-model score ranks and 0/1 decisions, not raw scores of different units).
+        n_perm: permutation replicates; seed: their RNG seed.
+
+    Returns:
+        Per key: ``diff``, ``p_perm``, ``n_perm`` (defined replicates), ``n_undefined``.
+    """
+    a, b = np.asarray(out_a, dtype=np.float64), np.asarray(out_b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired outputs differ in shape {a.shape} vs {b.shape}: score both models on the same rows")
+    codes, uniques = pd.factorize(pd.Series(np.asarray(patient_ids, dtype=object)))
+    pa, pb = statistic(a), statistic(b)
+    observed = {k: pa[k] - pb[k] for k in pa}
+    rng = np.random.default_rng(seed)
+    reps: dict[str, list[float]] = {k: [] for k in observed}
+    for _ in range(n_perm):
+        swap = (rng.integers(0, 2, len(uniques)) == 1)[codes]          # (n_rows,) one coin per patient
+        xa, xb = np.where(swap[:, None], b, a), np.where(swap[:, None], a, b)
+        sa, sb = statistic(xa), statistic(xb)
+        for k in reps:
+            reps[k].append(sa[k] - sb[k])
+    out = {}
+    for k, d in reps.items():
         arr = np.asarray(d, dtype=np.float64)
-        arr = arr[np.isfinite(arr)]
-        lo, hi = percentile_ci(arr, level)
-        if arr.size:
-            tail = min(int((arr <= 0).sum()), int((arr >= 0).sum()))
-            p = min(1.0, 2.0 * (tail + 1) / (arr.size + 1))
-        else:
+        ok = np.isfinite(arr)
+        obs = float(observed[k])
+        if not math.isfinite(obs) or not ok.any():
             p = float("nan")
-        out[k] = {"diff": float(point_a[k] - point_b[k]), "lo": lo, "hi": hi, "p": p}
+        else:
+            p = float((1 + int((np.abs(arr[ok]) >= abs(obs) - tol).sum())) / (1 + int(ok.sum())))
+        out[k] = {"diff": obs, "p_perm": p, "n_perm": int(ok.sum()), "n_undefined": int((~ok).sum())}
     return out
 
 

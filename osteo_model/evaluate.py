@@ -11,12 +11,21 @@ The threshold is the one stored with the model version (chosen on validation
 data); it is never re-tuned here. Layout of the metrics dict::
 
     {"threshold": t, "sites": [...], "external_sites": [...], "n_boot": B, "ci_level": 0.95,
-     "site_A": {"vertebra": {"acc": .., "acc_lo": .., "acc_hi": .., ..., "bmd_r": .., "cal_slope": ..},
+     "site_A": {"vertebra": {"acc": .., "acc_lo": .., "acc_hi": .., "acc_n_undefined": .., ..., "bmd_r": ..,
+                             "cal_slope": .., "ci_withheld": {"auroc": "<reason>"}},
                 "patient": {...}},
      ..., "internal": {...}, "external": {...}, "pooled": {...},
      "subgroups": {"sex": {"F": {"n": .., "sen": ..}, ...}, "age_band": {...}, "scanner": {...}},
-     "vs_champion": {"site_A": {"patient": {"f1": {"diff", "lo", "hi", "p"}, ..., "mcnemar": {"b", "c", "p"}}}},
+     "vs_champion": {"n_perm": P, "site_A": {"patient": {"f1": {"diff", "lo", "hi", "n_undefined", "p_perm"}, ...,
+                                                            "mcnemar": {"b", "c", "p"}}}},
      "baselines": {"<name>": {"site_A": {"vertebra": {...}, "patient": {...}}, ...}}}
+
+CIs: ``<k>_n_undefined`` counts the bootstrap replicates where metric ``k`` was undefined (NaN, e.g. a
+resample without a positive patient for SEN or AUROC); the interval is taken over the defined ones, and
+withheld (``<k>_lo`` / ``<k>_hi`` null, the reason in ``ci_withheld[k]``) when fewer than
+``evaluate.min_defined_share`` of the replicates define it. Paired comparisons: ``diff`` with its
+paired-bootstrap CI (``lo``, ``hi``) and ``p_perm``, the two-sided paired permutation p-value (the two
+models' decisions and score ranks swapped within patients, ``evaluate.n_perm`` replicates).
 
 Undefined numbers (NaN, see :mod:`osteo_model.metrics`) become ``null`` so the
 file is strict JSON and a gate sees them as missing. No torch here.
@@ -105,9 +114,14 @@ def _level_metrics(frame: pd.DataFrame, threshold: float, cfg: EvaluateConfig) -
     out = rows.point(cfg.reliability_bins)
     if rows.y.size == 0:
         return out
-    ci = M.bootstrap_ci(rows.pid, rows.site, rows.stat, cfg.n_boot, cfg.seed, cfg.ci_level)
-    for k, (lo, hi) in ci.items():
-        out[f"{k}_lo"], out[f"{k}_hi"] = lo, hi
+    ci = M.bootstrap_ci(rows.pid, rows.site, rows.stat, cfg.n_boot, cfg.seed, cfg.ci_level, cfg.min_defined_share)
+    withheld = {}
+    for k, iv in ci.items():
+        out[f"{k}_lo"], out[f"{k}_hi"], out[f"{k}_n_undefined"] = iv.lo, iv.hi, iv.n_undefined
+        if iv.reason:
+            withheld[k] = iv.reason
+    if withheld:
+        out["ci_withheld"] = withheld
     return out
 
 
@@ -143,9 +157,37 @@ def _subgroups(patients: pd.DataFrame, cfg: EvaluateConfig) -> dict[str, Any]:
     return out
 
 
+def decision_outputs(frame: pd.DataFrame, threshold: float) -> np.ndarray:
+    """``(n, 2)`` outputs a paired permutation swaps: score rank in (0, 1] (AUROC/AUPRC) and the 0/1 decision."""
+    s = frame["score"].to_numpy(dtype=np.float64)
+    return np.column_stack([M.rank01(s), (s >= threshold).astype(np.float64)])
+
+
+def paired_comparison(pid: np.ndarray, site: np.ndarray, y: np.ndarray, out_a: np.ndarray, out_b: np.ndarray,
+                      keys: tuple[str, ...], cfg: EvaluateConfig) -> dict[str, dict[str, Any]]:
+    """Per metric of ``keys``: difference A - B, its paired patient-bootstrap CI and the permutation ``p_perm``.
+
+    ``out_a`` / ``out_b``: :func:`decision_outputs` of the two models on the same rows (``y`` the labels).
+    Only :data:`osteo_model.metrics.RANK_METRICS` can be compared (others are skipped).
+    """
+    keys = tuple(k for k in keys if k in M.RANK_METRICS)
+
+    def stat(out: np.ndarray, idx: np.ndarray | None = None) -> dict[str, float]:
+        o = out if idx is None else out[idx]
+        m = M.decision_metrics(y if idx is None else y[idx], o[:, 0], o[:, 1])
+        return {k: m[k] for k in keys}
+
+    res = M.paired_bootstrap(pid, site, lambda i: stat(out_a, i), lambda i: stat(out_b, i), cfg.n_boot, cfg.seed,
+                             cfg.ci_level, cfg.min_defined_share)
+    perm = M.paired_permutation(pid, stat, out_a, out_b, cfg.n_perm, cfg.seed)
+    for k in res:
+        res[k]["p_perm"] = perm[k]["p_perm"]
+    return res
+
+
 def _compare(pred: pd.DataFrame, threshold: float, champion: pd.DataFrame, champion_threshold: float,
              cfg: EvaluateConfig) -> dict[str, Any]:
-    """Paired bootstrap and McNemar vs the champion on the patients both models scored."""
+    """Paired bootstrap CI, permutation p and McNemar vs the champion on the patients both models scored."""
     a = M.patient_table(pred, threshold)
     b = M.patient_table(champion, champion_threshold)
     both = a.merge(b[["patient_id", "y_true", "score", "y_pred"]], on="patient_id", suffixes=("", "_ch"))
@@ -153,16 +195,16 @@ def _compare(pred: pd.DataFrame, threshold: float, champion: pd.DataFrame, champ
         raise EvaluationError("candidate and champion predictions disagree on y_true for some patients: "
                               "score both models on the same test table")
     out: dict[str, Any] = {"n_patients_common": int(len(both)), "n_patients_candidate": int(len(a)),
-                           "champion_threshold": champion_threshold}
+                           "champion_threshold": champion_threshold, "n_perm": cfg.n_perm}
     for scope, sites in scopes(cfg).items():
         f = both[both["site"].isin(sites)].reset_index(drop=True)
         if f.empty:
             out[scope] = {"patient": {}}
             continue
-        cand = _Rows(f, threshold, cfg.compare_metrics)
-        champ = _Rows(f.assign(score=f["score_ch"]), champion_threshold, cfg.compare_metrics)
-        res: dict[str, Any] = M.paired_bootstrap(cand.pid, cand.site, cand.stat, champ.stat,
-                                                 cfg.n_boot, cfg.seed, cfg.ci_level)
+        res: dict[str, Any] = paired_comparison(
+            f["patient_id"].to_numpy(), f["site"].to_numpy(), f["y_true"].to_numpy(dtype=np.int64),
+            decision_outputs(f, threshold), decision_outputs(f.assign(score=f["score_ch"]), champion_threshold),
+            cfg.compare_metrics, cfg)
         res["mcnemar"] = M.mcnemar(f["y_pred"] == f["y_true"], f["y_pred_ch"] == f["y_true"])
         out[scope] = {"patient": res}
     return out
@@ -227,7 +269,8 @@ def site_table(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     Each row: ``scope``, ``external`` (bool, sites only), ``n_patients``, ``n_pos``, each of
     :data:`SITE_TABLE_KEYS` with ``<k>_lo`` / ``<k>_hi``, and, when the metrics hold a
-    champion comparison, ``f1_diff`` / ``f1_p`` / ``auroc_diff`` / ``auroc_p`` (candidate minus champion).
+    champion comparison, ``f1_diff`` / ``f1_p_perm`` / ``auroc_diff`` / ``auroc_p_perm`` (candidate minus
+    champion; ``p_perm`` the paired permutation p-value).
     """
     external = set(metrics.get("external_sites") or ())
     comp = metrics.get("vs_champion") or {}
@@ -241,7 +284,7 @@ def site_table(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
         paired = ((comp.get(scope) or {}).get("patient") or {}) if comp else {}
         for k in ("f1", "auroc"):
             if k in paired:
-                row[f"{k}_diff"], row[f"{k}_p"] = paired[k].get("diff"), paired[k].get("p")
+                row[f"{k}_diff"], row[f"{k}_p_perm"] = paired[k].get("diff"), paired[k].get("p_perm")
         rows.append(row)
     return rows
 
@@ -262,7 +305,7 @@ def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
             paired = (comp.get(scope) or {}).get("patient") or {}
             if paired:
                 out["vs_champion"][scope] = {f"{k}_{part}": paired[k].get(part) for k in ("f1", "auroc")
-                                             if k in paired for part in ("diff", "p")}
+                                             if k in paired for part in ("diff", "p_perm")}
     return clean_json(out)
 
 
@@ -290,6 +333,8 @@ def fmt(v: Any, lo: Any = None, hi: Any = None, percent: bool = False) -> str:
     """``value [lo, hi]``: percentages with 1 decimal, other metrics with 3, counts as integers."""
     if v is None:
         return "n/a"
+    if isinstance(v, str):
+        return v
     if isinstance(v, int):
         return str(v)
     f = ".1f" if percent else ".3f"

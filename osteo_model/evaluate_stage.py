@@ -148,12 +148,12 @@ def _fresh(folder: Path) -> Path:
 
 
 def _paired_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """``vs_champion.<scope>.<metric>_diff`` / ``_p`` for MLflow."""
+    """``vs_champion.<scope>.<metric>_diff`` / ``_p_perm`` (paired permutation p-value) for MLflow."""
     out: dict[str, float] = {}
     for scope, block in (metrics.get("vs_champion") or {}).items():
         for k, v in ((block or {}).get("patient") or {}).items() if isinstance(block, Mapping) else ():
             if k != "mcnemar":
-                out.update({f"vs_champion.{scope}.{k}_diff": v.get("diff"), f"vs_champion.{scope}.{k}_p": v.get("p")})
+                out.update({f"vs_champion.{scope}.{k}_diff": v.get("diff"), f"vs_champion.{scope}.{k}_p_perm": v.get("p_perm")})
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -23,7 +23,10 @@ Conventions:
   score is the maximum vertebra score, so ``max score >= t`` is exactly "any
   vertebra predicted positive".
 * Bootstrap (:mod:`osteo_model.bootstrap`): patients are resampled with replacement within each site
-  (stratum), a patient bringing all of their vertebrae; percentile intervals.
+  (stratum), a patient bringing all of their vertebrae; percentile intervals of the replicates where
+  the statistic is defined, with the count of undefined ones (withheld below ``evaluate.min_defined_share``).
+  Paired comparisons: the bootstrap CI of the difference plus a paired permutation p-value
+  (``p_perm``: the two models' outputs swapped within patients).
 """
 from __future__ import annotations
 
@@ -33,8 +36,9 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from osteo_model.bootstrap import (PatientResampler, Statistic, bootstrap_ci, bootstrap_replicates,  # noqa: F401
-                                   mcnemar, paired_bootstrap, percentile_ci)
+from osteo_model.bootstrap import (Interval, PatientResampler, Statistic, bootstrap_ci,  # noqa: F401
+                                   bootstrap_replicates, interval, mcnemar, paired_bootstrap, paired_permutation,
+                                   percentile_ci)
 
 BINARY_KEYS: tuple[str, ...] = ("acc", "sen", "spe", "f1", "ppv", "npv")
 
@@ -219,6 +223,27 @@ def expected_calibration_error(bins: pd.DataFrame) -> float:
     """Sample-weighted mean |frac_pos - mean_score| over the non-empty bins of :func:`reliability_bins`."""
     b = bins[bins["n"] > 0]
     return float((b["n"] * (b["frac_pos"] - b["mean_score"]).abs()).sum() / b["n"].sum()) if len(b) else float("nan")
+
+
+RANK_METRICS: tuple[str, ...] = ("acc", "sen", "spe", "f1", "ppv", "npv", "auroc", "auprc")
+
+
+def decision_metrics(y_true: np.ndarray, rank: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """:data:`RANK_METRICS` from 0/1 decisions and a ranking score (AUROC/AUPRC depend on the order only).
+
+    What a paired permutation test can swap between two models: their decisions at their own
+    thresholds and their scores' ranks (raw scores of two models need not share a scale).
+    """
+    y, r = _arrays(y_true, rank)
+    out = binary_metrics(confusion(y, np.asarray(y_pred).ravel()))
+    out.update(auroc=auroc(y, r), auprc=auprc(y, r))
+    return out
+
+
+def rank01(score: np.ndarray) -> np.ndarray:
+    """Average ranks scaled to (0, 1]: a monotone map of the scores (AUROC/AUPRC unchanged)."""
+    s = np.asarray(score, dtype=np.float64).ravel()
+    return _average_ranks(s) / max(1, s.size)
 
 
 def score_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:

@@ -21,13 +21,13 @@ def format_site_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Fixed-width text of :func:`site_table` rows (ACC/SEN/SPE/F1 in percent with CIs; AUROC 0-1)."""
     has_comp = any("f1_diff" in r for r in rows)
     head = f"{'scope':<10} {'patients':>8} {'pos':>4}  " + "  ".join(f"{k.upper():<20}" for k in SITE_TABLE_KEYS)
-    lines = [head + ("  dF1 vs champion (p)" if has_comp else "")]
+    lines = [head + ("  dF1 vs champion (p_perm)" if has_comp else "")]
     for r in rows:
         cells = [fmt(r.get(k), r.get(f"{k}_lo"), r.get(f"{k}_hi"), k in M.BINARY_KEYS) for k in SITE_TABLE_KEYS]
         line = (f"{r['scope'] + ('*' if r.get('external') else ''):<10} {r.get('n_patients') or 0:>8} "
                 f"{r.get('n_pos') or 0:>4}  " + "  ".join(f"{c:<20}" for c in cells))
         if has_comp:
-            line += f"  {fmt(r.get('f1_diff'), percent=True)} ({fmt(r.get('f1_p'))})" if "f1_diff" in r else "  -"
+            line += f"  {fmt(r.get('f1_diff'), percent=True)} ({fmt(r.get('f1_p_perm'))})" if "f1_diff" in r else "  -"
         lines.append(line.rstrip())
     lines.append("* external site (never trained on); n/a = undefined (e.g. no positive patient)")
     return "\n".join(lines)

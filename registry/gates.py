@@ -215,7 +215,7 @@ def _drop(gate: str, d: DropRule, scope: str, metrics: Mapping[str, Any], champi
     else:
         drop = float(diff) if worse else -float(diff)
     note = (f"paired on the same test patients: candidate - champion {float(diff):.4g} "
-            f"[{_fmt(lo)}, {_fmt(hi)}], p {_fmt(paired.get('p'))}; drop {drop:.4g}")
+            f"[{_fmt(lo)}, {_fmt(hi)}], p_perm {_fmt(paired.get('p_perm'))}; drop {drop:.4g}")
     return GateCheck(gate, "max_drop", scope, d.level, d.metric, v, d.max, "pass" if drop <= d.max else "fail", note)
 
 

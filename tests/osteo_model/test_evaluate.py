@@ -52,6 +52,10 @@ def test_every_scope_and_level_with_cis_containing_the_point(result):
             for k in ("acc", "sen", "spe", "f1", "auroc", "auprc"):
                 if m[k] is None:
                     continue
+                if m[f"{k}_lo"] is None:                                # withheld: too few defined replicates
+                    assert m[f"{k}_n_undefined"] > (1 - CFG.min_defined_share) * CFG.n_boot
+                    assert "replicates" in m["ci_withheld"][k]
+                    continue
                 assert m[f"{k}_lo"] <= m[k] + 1e-9 and m[k] <= m[f"{k}_hi"] + 1e-9, (scope, level, k)
     assert result["pooled"]["vertebra"]["bmd_r"] > 0.9 and "bmd_r" not in result["pooled"]["patient"]
     assert result["pooled"]["vertebra"]["bmd_r_lo"] <= result["pooled"]["vertebra"]["bmd_r"]
@@ -94,13 +98,40 @@ def test_champion_comparison_identical_and_worse(pred):
         if k == "mcnemar":
             assert v == {"b": 0, "c": 0, "p": 1.0}
         else:
-            assert v["diff"] == 0.0 and v["p"] == 1.0
+            assert v["diff"] == 0.0 and v["p_perm"] == 1.0 and v["lo"] == v["hi"] == 0.0
     worse = make_pred(noise=6.0)                                      # same truth, much noisier scores
     res = evaluate_predictions(pred, CFG, 0.4, champion_pred=worse, champion_threshold=0.4)
     cmp = res["vs_champion"]["pooled"]["patient"]
-    assert cmp["auroc"]["diff"] > 0 and cmp["auroc"]["p"] < 0.05
+    assert cmp["auroc"]["diff"] > 0 and cmp["auroc"]["p_perm"] < 0.05 and cmp["auroc"]["lo"] > 0
+    assert res["vs_champion"]["n_perm"] == CFG.n_perm and "p" not in cmp["auroc"]
+    # a champion on another scale (scores squared: same ranking, other threshold) is compared on ranks and
+    # decisions: same AUROC -> difference 0 and p_perm 1
+    squared = pred.assign(score=pred["score"] ** 2)
+    res = evaluate_predictions(pred, CFG, 0.4, champion_pred=squared, champion_threshold=0.16)
+    cmp = res["vs_champion"]["pooled"]["patient"]
+    assert cmp["auroc"]["diff"] == pytest.approx(0.0, abs=1e-12) and cmp["auroc"]["p_perm"] == 1.0
+    assert cmp["f1"]["diff"] == 0.0
     with pytest.raises(EvaluationError, match="champion_threshold"):
         evaluate_predictions(pred, CFG, 0.4, champion_pred=pred)
+
+
+def test_ci_reports_undefined_replicates_and_withholds_thin_intervals():
+    # site C: 6 patients with one osteoporotic -> many resamples lack a positive (SEN/AUROC undefined there)
+    p = make_pred(sites=(("A", 40), ("C", 6)))
+    c_pid = p[p["site"] == "C"]["patient_id"].unique()
+    p.loc[p["site"] == "C", "y_true"] = 0
+    p.loc[p["patient_id"] == c_pid[0], "y_true"] = 1
+    lenient = evaluate_predictions(p, EvaluateConfig(n_boot=200, seed=1, min_defined_share=0.0), 0.4)
+    c = lenient["site_C"]["patient"]
+    assert c["auroc_n_undefined"] > 20 and c["acc_n_undefined"] == 0
+    assert c["auroc_lo"] is not None and "ci_withheld" not in c
+    strict = evaluate_predictions(p, EvaluateConfig(n_boot=200, seed=1, min_defined_share=0.9), 0.4)
+    c = strict["site_C"]["patient"]
+    assert c["auroc_lo"] is None and c["auroc_hi"] is None and "of 200 replicates" in c["ci_withheld"]["auroc"]
+    assert c["acc_lo"] is not None and "acc" not in c["ci_withheld"]
+    assert strict["site_A"]["patient"]["auroc_lo"] is not None               # a site with evidence keeps its CI
+    with pytest.raises(EvaluationError, match="min_defined_share"):
+        EvaluateConfig(min_defined_share=1.5)
 
 
 def test_input_errors_are_typed(pred):

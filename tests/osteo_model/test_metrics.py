@@ -147,13 +147,35 @@ def test_bootstrap_ci_contains_point_estimate_and_is_reproducible():
     point = stat(np.arange(y.size))
     ci = M.bootstrap_ci(pid, site, stat, n_boot=200, seed=1)
     for k in ("acc", "sen", "spe", "f1", "auroc", "auprc"):
-        lo, hi = ci[k]
-        assert lo <= point[k] <= hi and hi - lo > 0
+        lo, hi = ci[k].lo, ci[k].hi
+        assert lo <= point[k] <= hi and hi - lo > 0 and ci[k].n_undefined == 0 and ci[k].n_defined == 200
     assert ci == M.bootstrap_ci(pid, site, stat, n_boot=200, seed=1)
     assert ci != M.bootstrap_ci(pid, site, stat, n_boot=200, seed=2)
 
 
-def test_paired_bootstrap_identical_models_give_p_one_and_better_model_small_p():
+def test_bootstrap_ci_counts_undefined_replicates_and_uses_the_defined_ones_only():
+    # 12 patients, 1 positive: a resample misses it with probability (11/12)^12 ~ 0.35 -> AUROC/SEN NaN there
+    pid = np.arange(12)
+    site = np.full(12, "A")
+    y = np.r_[1, np.zeros(11, dtype=int)]
+    s = np.linspace(0.9, 0.0, 12)                                      # the positive ranks first: AUROC 1 when defined
+
+    def stat(idx):
+        return {"auroc": M.auroc(y[idx], s[idx]), "acc": M.score_metrics(y[idx], s[idx], 0.5)["acc"]}
+
+    ci = M.bootstrap_ci(pid, site, stat, n_boot=400, seed=0)
+    reps = M.bootstrap_replicates(M.PatientResampler(pid, site), stat, 400, 0)["auroc"]
+    n_nan = int(np.isnan(reps).sum())
+    assert 80 < n_nan < 220 and ci["auroc"].n_undefined == n_nan and ci["auroc"].n_defined == 400 - n_nan
+    assert (ci["auroc"].lo, ci["auroc"].hi) == (1.0, 1.0)            # from the defined replicates only
+    assert ci["acc"].n_undefined == 0
+    strict = M.bootstrap_ci(pid, site, stat, n_boot=400, seed=0, min_defined_share=0.9)
+    assert math.isnan(strict["auroc"].lo) and math.isnan(strict["auroc"].hi)
+    assert f"defined in {400 - n_nan} of 400" in strict["auroc"].reason and strict["acc"].reason is None
+    assert not math.isnan(strict["acc"].lo)
+
+
+def test_paired_bootstrap_identical_models_give_zero_ci_and_better_model_a_ci_above_zero():
     rng = np.random.default_rng(9)
     pid = np.arange(300)
     site = np.where(pid < 200, "A", "B")
@@ -166,11 +188,68 @@ def test_paired_bootstrap_identical_models_give_p_one_and_better_model_small_p()
                             "f1": M.score_metrics(y[idx], score[idx], 0.5)["f1"]}
 
     same = M.paired_bootstrap(pid, site, stat_of(good), stat_of(good), n_boot=200, seed=0)
-    assert all(v["p"] == 1.0 and v["diff"] == 0.0 and v["lo"] == v["hi"] == 0.0 for v in same.values())
+    assert all(v["diff"] == 0.0 and v["lo"] == v["hi"] == 0.0 and v["n_undefined"] == 0 for v in same.values())
+    assert all("p" not in v for v in same.values())                   # no sign-fraction "p" any more
     better = M.paired_bootstrap(pid, site, stat_of(good), stat_of(bad), n_boot=200, seed=0)
-    assert better["auroc"]["diff"] > 0.3 and better["auroc"]["p"] < 0.02 and better["auroc"]["lo"] > 0
+    assert better["auroc"]["diff"] > 0.3 and better["auroc"]["lo"] > 0
     worse = M.paired_bootstrap(pid, site, stat_of(bad), stat_of(good), n_boot=200, seed=0)
-    assert worse["f1"]["diff"] < 0 and worse["f1"]["p"] < 0.02
+    assert worse["f1"]["diff"] < 0 and worse["f1"]["hi"] < 0
+
+
+def _outputs(score, t=0.5):
+    return np.column_stack([M.rank01(score), (np.asarray(score) >= t).astype(float)])
+
+
+def _decision_stat(y):
+    return lambda out: {k: v for k, v in M.decision_metrics(y, out[:, 0], out[:, 1]).items() if k in ("auroc", "f1")}
+
+
+def test_permutation_p_is_one_for_identical_models_and_small_for_a_dominated_one():
+    rng = np.random.default_rng(4)
+    pid = np.arange(120)
+    y = rng.integers(0, 2, pid.size)
+    good = np.clip(0.5 + 0.3 * (2 * y - 1) + rng.normal(0, 0.2, y.size), 0, 1)
+    bad = rng.random(y.size)
+    same = M.paired_permutation(pid, _decision_stat(y), _outputs(good), _outputs(good), n_perm=200, seed=0)
+    assert all(v["p_perm"] == 1.0 and v["diff"] == 0.0 and v["n_perm"] == 200 for v in same.values())
+    dom = M.paired_permutation(pid, _decision_stat(y), _outputs(good), _outputs(bad), n_perm=500, seed=0)
+    assert dom["auroc"]["diff"] > 0.2 and dom["auroc"]["p_perm"] == pytest.approx(1 / 501)   # never 0
+    assert dom["f1"]["p_perm"] < 0.01
+    again = M.paired_permutation(pid, _decision_stat(y), _outputs(good), _outputs(bad), n_perm=500, seed=0)
+    assert again == dom                                                # seeded
+    # the decision metrics equal the threshold metrics of the raw scores, AUROC that of the raw scores
+    assert M.decision_metrics(y, *_outputs(good).T)["f1"] == M.score_metrics(y, good, 0.5)["f1"]
+    assert M.decision_metrics(y, *_outputs(good).T)["auroc"] == pytest.approx(M.auroc(y, good), abs=1e-12)
+
+
+def test_permutation_p_is_uniform_under_the_null():
+    """Two exchangeable models on random data: P(p_perm <= a) ~ a (a calibrated test, neither liberal nor dead)."""
+    rng = np.random.default_rng(11)
+    ps = []
+    for _ in range(200):
+        y = rng.integers(0, 2, 40)
+        latent = rng.normal(size=40) + y
+        a, b = latent + rng.normal(size=40), latent + rng.normal(size=40)     # same model, independent noise
+        stat = (lambda yy: lambda out: {"auroc": M.auroc(yy, out[:, 0])})(y)
+        ps.append(M.paired_permutation(np.arange(40), stat, a[:, None], b[:, None], n_perm=99, seed=int(rng.integers(1 << 30)))
+                  ["auroc"]["p_perm"])
+    ps = np.asarray(ps)
+    for alpha in (0.1, 0.3, 0.5):
+        assert abs((ps <= alpha).mean() - alpha) < 0.1
+    assert ps.min() < 0.1 and ps.max() > 0.9
+
+
+def test_permutation_swaps_whole_patients():
+    # one patient owns all the signal rows: swapping per patient (not per row) keeps the p-value large
+    pid = np.r_[np.zeros(20, dtype=int), np.arange(1, 21)]
+    y = np.r_[np.ones(10, dtype=int), np.zeros(10, dtype=int), np.tile([1, 0], 10)]
+    a = np.r_[np.ones(10), np.zeros(10), np.full(20, 0.5)]
+    b = np.full(40, 0.5)
+    stat = lambda out: {"auroc": M.auroc(y, out[:, 0])}             # noqa: E731
+    res = M.paired_permutation(pid, stat, a[:, None], b[:, None], n_perm=400, seed=1)
+    assert res["auroc"]["p_perm"] > 0.3                               # one patient's coin decides the sign
+    with pytest.raises(ValueError, match="same rows"):
+        M.paired_permutation(pid, stat, a[:, None], b[:20, None], n_perm=5, seed=1)
 
 
 def test_mcnemar_exact_binomial():
