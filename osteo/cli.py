@@ -179,14 +179,18 @@ def experiments_ablation(
     arms: Optional[list[str]] = typer.Option(None, "--arm", help="Arm to run (repeatable; default: all)."),
     out: Path = typer.Option(Path("docs/results.md"), help="Markdown file whose ablation table block is replaced."),
     pseudo_rounds: Optional[int] = typer.Option(None, help="Override model.companion.pseudo_rounds for the run."),
+    seeds: int = typer.Option(1, min=1, help="Train every arm with this many seeds (train.seed + 0..N-1); "
+                                             ">= 3 reports mean ± SD."),
     no_tracking: bool = _NO_TRACK,
 ) -> None:
     """Scratch vs SwAV vs TP-SwAV, class-only vs unified loss, no-MoE vs MoE, companions, baselines -> one table."""
     overrides = {"model": {"companion": {"pseudo_rounds": pseudo_rounds}}} if pseudo_rounds else None
-    tidy = _timed("ablation", steps.ablation, _cfg(ctx), arms, out, overrides, tracking=not no_tracking)
+    tidy = _timed("ablation", steps.ablation, _cfg(ctx), arms, out, overrides, tracking=not no_tracking,
+                  seeds=seeds)
     f1 = tidy[(tidy["scope"] == "pooled") & (tidy["level"] == "patient") & (tidy["metric"] == "f1")]
-    for _, row in f1.iterrows():
-        typer.echo(f"  {row['arm']:<20} test patient-level pooled F1 {row['value']:.1f}")
+    for arm, values in f1.groupby("arm", sort=False)["value"]:
+        sd = f" ± {values.std():.1f}" if len(values) > 1 else ""
+        typer.echo(f"  {arm:<20} test patient-level pooled F1 {values.mean():.1f}{sd} ({len(values)} seed(s))")
     typer.echo(f"table written to {out}")
 
 

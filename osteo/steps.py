@@ -138,17 +138,45 @@ def train_finetune(cfg: Config, method: str | None = None, tracking: bool = True
 
 
 def ablation(cfg: Config, arms: list[str] | None = None, out_md: Path = Path("docs/results.md"),
-             overrides: Mapping[str, Any] | None = None, tracking: bool = True):
+             overrides: Mapping[str, Any] | None = None, tracking: bool = True, seeds: int = 1):
     """The paper's comparison on the cohort → a table in ``out_md`` (``osteo_model.ablation.run_ablation``).
 
-    ``overrides`` applies to every arm; each arm's own overlay (``ARMS``) is applied here, at the edge.
+    ``overrides`` applies to every arm; each arm's own overlay (``ARMS``) is applied here, at the edge, and so
+    are the seeds: seed k of every arm trains with ``train.seed + k``. The oracle row reads the simulator
+    truth (``paths.truth``) when it exists (:func:`oracle_truth`).
     """
     from osteo_model.ablation import ARMS, run_ablation
 
+    if seeds < 1:
+        raise ValueError(f"--seeds {seeds}: pass >= 1 (3 or more to report mean ± SD)")
     base = cfg.override(overrides)
+    seed0 = int(base.section("train").get("seed", base.finetune.seed))
     overlay = {arm: ARMS[arm][1] if arm in ARMS else {} for arm in (arms or ARMS)}  # unknown arms: run_ablation refuses
-    specs = {arm: base.override(o).experiment() for arm, o in overlay.items()}
-    return run_ablation(base.experiment(), specs, out_md, cfg.paths.models / "ablation", tracking=tracking)
+    specs = {arm: [base.override(o).override({"train": {"seed": seed0 + k}}).experiment() for k in range(seeds)]
+             for arm, o in overlay.items()}
+    return run_ablation(base.experiment(), specs, out_md, cfg.paths.models / "ablation", tracking=tracking,
+                        truth=oracle_truth(cfg))
+
+
+def oracle_truth(cfg: Config):
+    """The simulator truth keyed by pseudonymous ``patient_id`` (``<paths.truth>/truth.parquet``), or None.
+
+    The simulator keys its truth by MRN; the ablation's test patients carry the ingestion's
+    pseudonyms, so the MRNs are pseudonymised here, at the edge, with the ingestion key, and dropped:
+    no MRN travels into ``osteo_model``. None when there is no truth (a hospital export).
+    """
+    import pandas as pd
+
+    from features.pseudonym import Pseudonymizer, load_key
+
+    path = Path(cfg.paths.truth) / "truth.parquet"
+    if not path.is_file():
+        return None
+    truth = pd.read_parquet(path, columns=["mrn", "level", "true_bmc_g", "true_area_cm2"])
+    key, source = load_key(cfg.ingest.key_env, cfg.ingest.key_file, cfg.ingest.allow_demo_key, cfg.paths.raw)
+    pseudo = Pseudonymizer(key=key, date_shift_max_days=int(cfg.ingest.date_shift_max_days), key_source=source)
+    truth["patient_id"] = [pseudo.patient_id(m) for m in truth["mrn"].astype(str)]
+    return truth.drop(columns="mrn")
 
 
 # --- evaluation and registry ------------------------------------------------------

@@ -2,6 +2,7 @@
 
 Training: loss curves, per-site confusion matrices, per-site ROC, texture-pool montage.
 Evaluation: ROC per site, reliability diagram, confusion (patient level), subgroup sensitivity.
+Ablation: one ROC per arm on the same test patients (paper Fig. 3).
 Each function returns a figure; the callers save or log it (:mod:`osteo_model.tracking`,
 :mod:`osteo_model.report`).
 """
@@ -71,6 +72,32 @@ def roc_figure(pred: pd.DataFrame, title: str):
     ax.set(title=title, xlabel="1 - specificity", ylabel="sensitivity")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
+    return fig
+
+
+def arms_roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str = "Patient-level ROC, test"):
+    """Paper Fig. 3: one axes, one ROC curve per arm on the same test patients, AUROC in the legend.
+
+    Args:
+        curves: arm name -> (y_true 0/1, score) of the same patients (arm order = legend order);
+            an arm whose labels hold one class is left out (no curve is defined).
+    """
+    from matplotlib.figure import Figure  # Figure without pyplot: no global backend state
+
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
+    for arm, (y, score) in curves.items():
+        y, score = np.asarray(y), np.asarray(score, dtype=np.float64)
+        if np.unique(y).size < 2:
+            continue
+        roc = M.roc_points(y, score)
+        oracle = arm.startswith("oracle")
+        ax.plot(roc["fpr"], roc["tpr"], lw=1.2, ls="--" if oracle else "-", color="black" if oracle else None,
+                label=f"{arm} (AUROC {M.auroc(y, score):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)                 # chance (no label: not an arm)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=7)
     return fig
 
 

@@ -76,8 +76,48 @@ def violations(root: Path) -> list[str]:
     return found
 
 
+# The oracle reads the simulator's truth: only the ablation report may see it, never training or evaluation.
+ORACLE_MODULE = "osteo_model.oracle"
+ORACLE_READERS = ("osteo_model/ablation.py", "osteo_model/oracle.py")
+
+
+def oracle_violations(root: Path) -> list[str]:
+    """``file:line`` of every production import of :data:`ORACLE_MODULE` outside :data:`ORACLE_READERS`."""
+    found = []
+    for package in PRODUCTION:
+        for path in sorted((root / package).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel in ORACLE_READERS:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                if ORACLE_MODULE in names:
+                    found.append(f"{rel}:{node.lineno}: imports {ORACLE_MODULE} (the simulator truth is for "
+                                 "the ablation report only, never training or evaluation)")
+    return found
+
+
 def test_the_dependency_arrows_hold_on_the_repository():
     assert violations(REPO) == []
+    assert oracle_violations(REPO) == []
+
+
+@pytest.mark.parametrize("where, source", [
+    ("osteo_model/evaluate.py", "from osteo_model.oracle import oracle_tidy\n"),
+    ("osteo_model/experiment.py", "def f():\n    from osteo_model import oracle\n"),
+    ("osteo/steps.py", "import osteo_model.oracle\n"),
+])
+def test_an_oracle_import_outside_the_report_is_reported(tmp_path, where, source):
+    for p in PRODUCTION:
+        (tmp_path / p).mkdir()
+    (tmp_path / "osteo_model" / "ablation.py").write_text("from osteo_model.oracle import ORACLE_ARM\n")
+    (tmp_path / where).write_text(textwrap.dedent(source))
+    found = oracle_violations(tmp_path)
+    assert len(found) == 1 and found[0].startswith(where) and "ablation report only" in found[0]
 
 
 @pytest.mark.parametrize("package, source, reason", [
