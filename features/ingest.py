@@ -31,6 +31,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from features.calibration import RECORD_COLUMNS as CALIBRATION_COLUMNS
+from features import atomic
 from features.dxa import DxaRules, process_dxa
 from features.errors import (CountMismatchError, DuplicateStudyError, IngestError, InvalidRecordError,
                              UnknownPatientError)
@@ -41,6 +42,7 @@ from features.pseudonym import Pseudonymizer, age_years, check_fingerprint, load
 from features.quarantine import QuarantineRecord, counts_by_reason, to_frame
 from features.roi import RoiSpec
 from features.study import ExpectedIdentity, StudyChecks, StudyResult, StudyTask, process_study
+from features.workspace import holds_workspace_lock
 from osteo_config.compute import ComputeConfig
 from osteo_config.ingest import IngestConfig  # noqa: F401  (configuration lives in the leaf package)
 
@@ -157,6 +159,7 @@ def _check_counts(summary: IngestSummary) -> None:
                                      f"{c.seen}: an item was dropped silently (a bug: please report it)")
 
 
+@holds_workspace_lock("ingest")   # one run per data folder: ROI writes and pruning never race another run
 def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
                progress: bool = True, key_record: Path | None = None,
                compute: ComputeConfig | None = None, raw: RawExport | None = None) -> IngestSummary:
@@ -179,6 +182,7 @@ def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
     Raises:
         PseudonymKeyError: no usable key. RawExportError: a raw table missing/malformed.
         CountMismatchError: an item was neither ingested nor quarantined (a bug).
+        WorkspaceBusyError: another run holds the data folder (``<out_dir>/../.osteo-workspace.lock``).
     """
     t0 = time.perf_counter()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
@@ -288,15 +292,16 @@ def _write_tables(out_dir: Path, rows, dxa_rows, patient_rows, quarantine, summa
         dxa[col] = dxa[col].astype(dt)
     pats = _frame(patient_rows, PATIENT_COLUMNS, ["patient_id"])
     pats["birth_year"] = pats["birth_year"].astype("int64")
-    vert.to_parquet(out_dir / "vertebrae.parquet", index=False)
-    dxa.to_parquet(out_dir / "dxa.parquet", index=False)
-    pats.to_parquet(out_dir / "patients.parquet", index=False)
-    to_frame(quarantine).to_parquet(out_dir / "quarantine.parquet", index=False)
-    (out_dir / "ingest_summary.json").write_text(json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n")
-    # ROI files no row references (an earlier run on other data) are removed: outputs mirror this run
+    atomic.write_parquet(out_dir / "vertebrae.parquet", vert, index=False)
+    atomic.write_parquet(out_dir / "dxa.parquet", dxa, index=False)
+    atomic.write_parquet(out_dir / "patients.parquet", pats, index=False)
+    atomic.write_parquet(out_dir / "quarantine.parquet", to_frame(quarantine), index=False)
+    atomic.write_text(out_dir / "ingest_summary.json", json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n")
+    # ROI files no row references (an earlier run on other data) are removed: outputs mirror this run.
+    # Safe only because run_ingest holds the data folder's lock: no other run is writing ROIs here.
     used = set(vert["roi_path"])
     for f in sorted((out_dir / "rois").glob("*/*.npz")) if (out_dir / "rois").is_dir() else []:
         if f.relative_to(out_dir).as_posix() not in used:
             f.unlink()
-    for f in (out_dir / "rois").glob("*/.*.tmp.npz") if (out_dir / "rois").is_dir() else []:
+    for f in atomic.stray_temp_files(out_dir / "rois"):   # temp files of a killed run
         f.unlink()

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from features import atomic
 from features.calibration import calibrate_study, uncalibrated_record
 from features.errors import (HUOutOfRangeError, IdentifierMismatchError, IngestError, MissingLevelError,
                              NoVertebraError, UnsupportedFormatError, UnsupportedLevelError)
@@ -179,11 +180,8 @@ def write_roi(roi: VertebraROI, out_dir: Path) -> tuple[str, str]:
     sha = roi_sha256(roi.hu, roi.body)
     rel = Path("rois") / sha[:2] / f"{sha}.npz"
     dst = Path(out_dir) / rel
-    if not dst.is_file():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{sha}.{np.random.default_rng().integers(1 << 30)}.tmp.npz")
-        np.savez_compressed(tmp, hu=roi.hu, body=roi.body)
-        tmp.replace(dst)
+    if not dst.is_file():   # content-addressed: an existing file already holds these bytes
+        atomic.write_npz(dst, hu=roi.hu, body=roi.body)
     return rel.as_posix(), sha
 
 
