@@ -155,7 +155,7 @@ def promote_candidate(cfg: RegistryConfig, gates: GatesConfig, finetune_json: Pa
     report = evaluate_gates(metrics, champ_metrics, gates, champ_version)
     tags = {**lineage_tags(cfg, candidate["run_id"]), "evaluation_sha256": str(record["metrics_sha256"])}
     version = register_candidate(candidate["model_uri"], cfg.model_name, tags, metrics, report, actor=actor,
-                                 required_tags=cfg.required_tags, **store)
+                                 required_tags=cfg.required_tags, approval=cfg.approval, **store)
     outcome = promote(cfg.model_name, version, report, actor, reason, gates=gates, approval=cfg.approval, **store)
     state = "promoted" if outcome.promoted else "awaiting_approval" if outcome.awaiting_approval else "rejected"
     result = {"state": state, "model_name": cfg.model_name,
@@ -191,8 +191,21 @@ def rollback_champion(cfg: RegistryConfig, reason: str, actor: str | None = None
             "event_seq": outcome.event_seq}
 
 
+def _truncation(cfg: RegistryConfig, raw: list[audit.AuditEvent]) -> str | None:
+    """The second witness: removing the newest rows leaves a valid shorter chain, but each completed
+    event is also a version tag ``osteo.event.<seq>`` in MLflow; a tag beyond the log's end = rows removed."""
+    tagged = [int(k.rsplit(".", 1)[-1]) for mv in _client(cfg.uri).search_model_versions(f"name = '{cfg.model_name}'")
+              for k in mv.tags if k.startswith("osteo.event.") and k.rsplit(".", 1)[-1].isdigit()]
+    last = max((e.seq for e in raw), default=0)
+    if tagged and max(tagged) > last:
+        return (f"{audit.TABLE} ends at seq={last} but MLflow version tags record event seq={max(tagged)}: the newest "
+                "rows were removed; investigate and restore the registry store from backup")
+    return None
+
+
 def audit_log(cfg: RegistryConfig) -> dict[str, Any]:
-    """The promotion log of ``cfg.model_name`` and the keyed hash-chain check of the whole table.
+    """The promotion log of ``cfg.model_name``, the keyed hash-chain check of the whole table and the
+    cross-check against the MLflow version tags (:func:`_truncation`: the newest rows removed).
 
     Completed ``intent`` rows are left out of ``events`` (bookkeeping); pending ones are shown.
 
@@ -207,6 +220,8 @@ def audit_log(cfg: RegistryConfig) -> dict[str, Any]:
         n, error = audit.verify_chain(cfg.store_uri, key=audit_key(cfg)), None
     except AuditLogError as exc:
         n, error = 0, str(exc)
+    if error is None:
+        error = _truncation(cfg, raw)
     return {"events": [e.summary() for e in events], "text": audit.format_log(events), "chain_ok": error is None,
             "n_verified": n, "chain_error": error,
             "pending_intents": [e.seq for e in pending]}

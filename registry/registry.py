@@ -39,7 +39,8 @@ from typing import Any, Mapping, Sequence
 from registry import audit
 from registry.errors import (ApprovalError, ArtifactDigestError, CandidateTagsError, NoPreviousChampionError,
                              PendingIntentError, RegistryError)
-from registry.gates import GateReport, GatesConfig
+from registry.gates import GateReport, GatesConfig, scope_decisions
+from registry.model_card import model_description, version_description
 from registry.lock import registry_lock
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
@@ -235,8 +236,11 @@ def register_candidate(model_uri: str, name: str, tags: Mapping[str, str], metri
                        actor: str = "unknown",
                        required_tags: Sequence[str] = ("data_version", "split_hash", "params_hash"),
                        lock_timeout_s: float = 60.0, store_uri: str | None = None,
-                       audit_key: bytes | None = None) -> str:
+                       audit_key: bytes | None = None, approval: str = "none") -> str:
     """Register ``model_uri`` as a new version of ``name`` and make it the ``challenger``.
+
+    The registered model and the version get their model-card descriptions
+    (:mod:`registry.model_card`): what the MLflow UI shows a reviewer first.
 
     Args:
         model_uri: a logged model (``models:/m-...``), ``runs:/<run>/<path>`` or an artifact URI.
@@ -250,6 +254,7 @@ def register_candidate(model_uri: str, name: str, tags: Mapping[str, str], metri
         lock_timeout_s: seconds to wait for the registry lock.
         store_uri: the registry store (lock + audit log); None = ``tracking_uri`` (must then be a database).
         audit_key: HMAC key of the audit chain (None: the demo key, accepted on a SQLite store only).
+        approval: ``registry.approval`` (named in the registered model's description).
 
     Returns:
         The new version number (string).
@@ -273,10 +278,16 @@ def register_candidate(model_uri: str, name: str, tags: Mapping[str, str], metri
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+        client.update_registered_model(name, description=model_description(name, approval))
         source, run_id, model_id = _source(client, model_uri)
         mv = client.create_model_version(name, source, run_id=run_id, model_id=model_id,
                                          tags={k: str(v) for k, v in tags.items()})
         version = str(mv.version)
+        scopes = () if gate_report is None else scope_decisions(gate_report, metrics)
+        client.update_model_version(name, version, description=version_description(
+            version, {k: str(v) for k, v in tags.items()}, metrics, scopes,
+            None if gate_report is None else gate_report.passed,
+            None if gate_report is None else gate_report.champion_version))
         digest = _version_digest(tracking_uri, name, version)
         system = {DIGEST_TAG: digest, STATUS_TAG: "candidate", "osteo.registered_by": actor,
                   "osteo.metrics.headline": _tag_json(headline(metrics)),

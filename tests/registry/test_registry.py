@@ -37,6 +37,9 @@ def test_register_promote_second_promote_rollback_round_trip(tracking, gates_cfg
     tags = tracking.client.get_model_version(NAME, v1).tags
     assert tags["data_version"] == "dvc:abc123" and tags["osteo.status"] == "candidate"
     assert len(tags["osteo.artifact_sha256"]) == 64 and tags["osteo.gates.passed"] == "true"
+    card = tracking.client.get_model_version(NAME, v1).description        # the model card the UI shows first
+    assert f"**Version {v1}**" in card and "dvc:abc123" in card and "| site_A |" in card and "**passed**" in card
+    assert "Intended use" in tracking.client.get_registered_model(NAME).description
 
     out1 = promote(NAME, v1, r1, actor="alice", reason="first model", gates=gates_cfg, tracking_uri=tracking.uri)
     assert out1.promoted and aliases(NAME, tracking.uri) == {CHAMPION: v1}
