@@ -144,7 +144,8 @@ def _shifted_reduce(cond: dict[int, np.ndarray], chords, shape, erode: bool) -> 
 def erode_ball(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
     """Erosion by the ball of ``radius_mm``: exactly ``binary_erosion(mask, ellipsoid(radius_mm, spacing))``.
 
-    The ball is a union of z-chords (offsets ``-L..L`` along z at each (dx, dy)). A voxel survives
+    The ball is a union of z-chords (offsets ``-L..L`` along z at each (dx, dy); along the ball's
+    longest axis when that is not z: :func:`_along_long_axis`). A voxel survives
     iff every chord, centred at it and moved by (dx, dy), lies inside the mask, i.e. iff the z
     window ``z-L .. z+L`` at (x + dx, y + dy) holds 2L + 1 mask voxels. One cumulative sum along
     z and one shifted AND per chord (29 for 3 mm at 1 mm) replace the ball-sized structuring
@@ -158,9 +159,7 @@ def erode_ball(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.nd
     m = np.asarray(mask, dtype=bool)
     if radius_mm <= 0 or m.size == 0:
         return m.copy()
-    chords = _chords(radius_mm, spacing)
-    counts = _z_window_counts(m, {c[2] for c in chords})
-    return _shifted_reduce({L: c == 2 * L + 1 for L, c in counts.items()}, chords, m.shape, erode=True)
+    return _along_long_axis(m, radius_mm, spacing, erode=True)
 
 
 def dilate_ball(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
@@ -169,9 +168,22 @@ def dilate_ball(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.n
     m = np.asarray(mask, dtype=bool)
     if radius_mm <= 0 or m.size == 0 or not m.any():
         return m.copy()
-    chords = _chords(radius_mm, spacing)
-    counts = _z_window_counts(m, {c[2] for c in chords})
-    return _shifted_reduce({L: c > 0 for L, c in counts.items()}, chords, m.shape, erode=False)
+    return _along_long_axis(m, radius_mm, spacing, erode=False)
+
+
+def _along_long_axis(m: np.ndarray, radius_mm: float, spacing: np.ndarray, erode: bool) -> np.ndarray:
+    """Chords along the ball's longest voxel extent (z on ties): fewest chords, e.g. 13 instead of 121
+    for an in-plane disc of 5 mm at 0.8 mm (spacing (0.8, 0.8, inf)). Other axes are moved to z and back."""
+    sp = np.asarray(spacing, dtype=np.float64)
+    extent = np.floor(radius_mm / sp + 1e-9)             # the ball's half-size in voxels (as ``ellipsoid``)
+    axis = 2 if extent[2] >= extent.max() else int(np.argmax(extent))
+    order = [a for a in range(3) if a != axis] + [axis]
+    work = np.ascontiguousarray(np.transpose(m, order)) if axis != 2 else m
+    chords = _chords(radius_mm, sp[order])
+    counts = _z_window_counts(work, {c[2] for c in chords})
+    cond = {L: (c == 2 * L + 1) if erode else (c > 0) for L, c in counts.items()}
+    out = _shifted_reduce(cond, chords, work.shape, erode=erode)
+    return np.ascontiguousarray(np.transpose(out, np.argsort(order))) if axis != 2 else out
 
 
 def open_ball(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:

@@ -16,7 +16,8 @@ from features.io.volume import Volume
 from features.roi import body_mask, canal_front, dilate_ball, ellipsoid, erode_ball, extract_rois, open_ball
 from osteo_testing.roi_reference import body_mask_reference, canal_front_reference, extract_rois_reference
 
-SPACINGS = [(1.0, 1.0, 1.0), (0.8, 0.8, 3.0), (0.7, 1.25, 2.0), (0.5, 0.5, 0.5), (3.0, 1.0, 0.8)]
+SPACINGS = [(1.0, 1.0, 1.0), (0.8, 0.8, 3.0), (0.7, 1.25, 2.0), (0.5, 0.5, 0.5), (3.0, 1.0, 0.8),
+            (0.8, 0.8, 1e6)]                    # the last: an in-plane disc (chords along x)
 RADII = [0.3, 1.0, 1.5, 2.0, 3.0, 3.7]
 
 
