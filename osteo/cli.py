@@ -375,42 +375,64 @@ def registry_status(ctx: typer.Context) -> None:
 
 # --- screening new studies ---------------------------------------------------------------
 EXIT_DRIFT = 4          # `osteo screen run`: the batch drifted from the model's training distribution (outputs written)
+EXIT_PACS = 5           # `osteo screen run --pacs` / `approve`: the PACS did not answer or refused (state file unchanged)
 _OUT = typer.Option(Path("screening"), "--out", help="Output folder (batches, ledger).")
 
 
 @screen_app.command("run")
 def screen_run(
     ctx: typer.Context,
-    input_dir: Path = typer.Argument(..., help="Export folder: ct_studies.csv, patients.csv, CTs, masks (no DXA)."),
+    input_dir: Optional[Path] = typer.Argument(None, help="Export folder: ct_studies.csv, patients.csv, CTs, masks "
+                                               "(no DXA); or --pacs."),
     out: Path = _OUT,
+    pacs: Optional[str] = typer.Option(None, "--pacs", help="DICOMweb root of the PACS, e.g. "
+                                       "http://HOST:8042/dicom-web: screen its new CT series, store SR + PDF back."),
     model_uri: Optional[str] = typer.Option(None, help="MLflow model URI (default models:/<registry.model_name>@champion)."),
-    segmenter: Optional[str] = typer.Option(None, help="Command for studies without a mask, e.g. "
+    segmenter: Optional[str] = typer.Option(None, help="Command for studies without a mask (every PACS study), e.g. "
                                             "'TotalSegmentator -i {ct} -o {out} --ml'."),
     rescreen: bool = typer.Option(False, "--rescreen", help="Re-screen studies an older model version screened."),
+    dask_address: Optional[str] = typer.Option(None, "--dask-address", help="tcp://HOST:8786 of a running Dask "
+                                               "scheduler for the per-study work (default compute.dask_address)."),
 ) -> None:
-    """Screen a folder: exit 0 done, 1 typed error (no champion, skew, bad export), 4 drift alert."""
+    """Screen a folder or a PACS: exit 0 done, 1 typed error (no champion, skew, bad export), 4 drift alert,
+    5 the PACS did not answer or refused a request (the state file is unchanged: the next run retakes the series)."""
     from features.errors import IngestSetupError
+    from features.parallel import DaskUnreachableError
     from screening.errors import ScreeningError
+    from screening.pacs import PacsError
 
+    if (input_dir is None) == (pacs is None):
+        _fail(typer.BadParameter("pass an export folder or --pacs URL (exactly one)"))
     try:
-        out_summary = steps.screen(_cfg(ctx), input_dir, out, model_uri=model_uri, segmenter=segmenter,
-                                   rescreen=rescreen)
-    except (ScreeningError, IngestSetupError) as exc:
+        res = steps.screen(_cfg(ctx), input_dir, out, model_uri=model_uri, segmenter=segmenter, rescreen=rescreen,
+                           pacs_url=pacs, dask_address=dask_address)
+    except PacsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=EXIT_PACS)
+    except (ScreeningError, IngestSetupError, DaskUnreachableError) as exc:
         _fail(exc)
-    typer.echo(out_summary.format())
-    if out_summary.drift_alert:
+    typer.echo(res.format())
+    batch = res.batch if pacs else res
+    if batch is not None and batch.drift_alert:
         raise typer.Exit(code=EXIT_DRIFT)
 
 
 def _review(out: Path, batch: str, reviewer: str, approve: bool, reason: Optional[str] = None) -> None:
     from screening.errors import ScreeningError
+    from screening.pacs import PacsError
 
     try:
         res = steps.screen_review(out, batch, reviewer, approve, reason)
+    except PacsError as exc:
+        typer.echo(f"error: {exc} (the reports are released locally; the next `osteo screen run --pacs` stores "
+                   f"them)", err=True)
+        raise typer.Exit(code=EXIT_PACS)
     except ScreeningError as exc:
         _fail(exc)
     typer.echo(f"batch {batch}: {res['state']} by {res['reviewer']} "
                f"({res.get('released', res.get('rejected'))} studies)")
+    if res.get("stored"):
+        typer.echo(f"  stored back on the PACS: {res['stored']['sr']} SR + {res['stored']['pdf']} Encapsulated PDF")
 
 
 @screen_app.command("approve")

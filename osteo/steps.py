@@ -259,17 +259,37 @@ def registry_log(cfg: Config) -> dict:
 
     return audit_log(cfg.registry)
 
-def screen(cfg: Config, input_dir: Path, out_dir: Path, model_uri: str | None = None, segmenter: str | None = None,
-           rescreen: bool = False, batch_id: str | None = None, progress: bool = True):
-    """A folder of new CT studies → tables, reports, one MLflow run (``screening.batch.screen_folder``)."""
-    from screening.batch import ScreenRequest, screen_folder
+def screen(cfg: Config, input_dir: Path | None, out_dir: Path, model_uri: str | None = None,
+           segmenter: str | None = None, rescreen: bool = False, batch_id: str | None = None, progress: bool = True,
+           pacs_url: str | None = None, dask_address: str | None = None):
+    """New CT studies → tables, reports, one MLflow run (``screening.batch.screen_folder``).
 
-    request = ScreenRequest(input_dir=Path(input_dir), out_dir=Path(out_dir), model_uri=model_uri, segmenter=segmenter,
-                            rescreen=rescreen, batch_id=batch_id, progress=progress)
-    return screen_folder(request, screen=cfg.screen, ingest=cfg.ingest, texture=cfg.texture,
-                         geometry=cfg.io_geometry(), model_name=cfg.registry.model_name,
-                         tracking_uri=cfg.tracking.active_uri, profile=cfg.profile,
-                         artifact_location=cfg.tracking.artifact_location)
+    ``input_dir``: an export folder; or ``pacs_url``: the PACS's new CT series, reports stored back
+    (``screening.pacs_batch.screen_pacs``; returns its ``PacsRun``). The per-study work runs in
+    ``compute.local_workers`` processes, or on the Dask cluster of ``dask_address`` / ``compute.dask_address``.
+    """
+    import dataclasses
+
+    from screening.batch import ScreenRequest, new_batch_id, screen_folder
+
+    compute = cfg.compute if not dask_address else dataclasses.replace(cfg.compute, dask_address=dask_address)
+    batch_id = batch_id or new_batch_id()
+
+    def run(folder: Path):
+        request = ScreenRequest(input_dir=Path(folder), out_dir=Path(out_dir), model_uri=model_uri,
+                                segmenter=segmenter, rescreen=rescreen, batch_id=batch_id, progress=progress)
+        return screen_folder(request, screen=cfg.screen, ingest=cfg.ingest, texture=cfg.texture,
+                             geometry=cfg.io_geometry(), model_name=cfg.registry.model_name,
+                             tracking_uri=cfg.tracking.active_uri, profile=cfg.profile,
+                             artifact_location=cfg.tracking.artifact_location,
+                             workers=cfg.compute.local_workers, compute=compute)
+
+    if pacs_url is None:
+        return run(Path(input_dir))
+    from screening.pacs_batch import screen_pacs
+
+    return screen_pacs(pacs_url, Path(out_dir), pacs=cfg.screen.pacs, screen_export=run, batch_id=batch_id,
+                       review=cfg.screen.review)
 
 
 def screen_review(out_dir: Path, batch_id: str, reviewer: str, approve: bool, reason: str | None = None) -> dict:
@@ -277,4 +297,10 @@ def screen_review(out_dir: Path, batch_id: str, reviewer: str, approve: bool, re
     from screening.reports import reject, release
 
     batch = Path(out_dir) / "batches" / batch_id
-    return release(batch, reviewer) if approve else reject(batch, reviewer, reason)
+    if not approve:
+        return reject(batch, reviewer, reason)
+    out = release(batch, reviewer)
+    from screening.pacs_batch import store_approved
+
+    stored = store_approved(batch)             # a PACS batch: the approved SRs + PDFs go back now
+    return {**out, "stored": stored} if stored is not None else out

@@ -45,8 +45,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_orthanc(workdir: Path, start_timeout_s: float = START_TIMEOUT_S) -> Iterator[str]:
+def running_orthanc(workdir: Path, start_timeout_s: float = START_TIMEOUT_S,
+                    http_port: int | None = None) -> Iterator[str]:
     """Run a private Orthanc under ``workdir``; yields its DICOMweb root (``http://127.0.0.1:PORT/dicom-web``).
+
+    A second call with the same ``workdir`` and ``http_port`` restarts the same PACS (same storage, same URL).
 
     Raises:
         RuntimeError: Orthanc is absent, exited, or did not answer within ``start_timeout_s`` (log tail included).
@@ -57,7 +60,7 @@ def running_orthanc(workdir: Path, start_timeout_s: float = START_TIMEOUT_S) -> 
     workdir = Path(workdir)
     storage = workdir / "orthanc-db"
     storage.mkdir(parents=True, exist_ok=True)
-    http, dicom = free_port(), free_port()
+    http, dicom = http_port or free_port(), free_port()
     config = {"Name": "osteo-test", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
               "HttpPort": http, "DicomPort": dicom, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
               "HttpBindAddress": "127.0.0.1", "DicomServerEnabled": False, "Plugins": [dicomweb_plugin()],

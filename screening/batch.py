@@ -31,13 +31,14 @@ import re
 import secrets
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
+from osteo_config.compute import ComputeConfig
 from osteo_config.ingest import IngestConfig
 from osteo_config.screen import ScreenConfig
 from osteo_config.texture import TextureConfig
@@ -166,37 +167,70 @@ def _study_quality(src: Mapping[str, str], study_id: str, screen: ScreenConfig, 
     return flags, thumb
 
 
-# --- the batch ----------------------------------------------------------------------------------
-def screen_folder(request: ScreenRequest, *, screen: ScreenConfig, ingest: IngestConfig, texture: TextureConfig,
-                  geometry: Mapping[str, Any], model_name: str, tracking_uri: str, profile: str,
-                  artifact_location: str | None = None) -> BatchSummary:
-    """Screen every new study of ``request.input_dir`` (module docstring); returns the batch's counts.
+# --- the batch: planned once, its studies screened one by one (anywhere), finished once -----------
+def new_batch_id() -> str:
+    """``YYYYmmddTHHMMSSZ-<6 hex>``: sortable by time, unique across concurrent runs."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
-    Args:
-        request: folders, model URI, segmenter, rescreen.
-        screen / ingest / texture: the configuration sections (the same ingest and texture as training).
-        geometry: :meth:`osteo_config.Config.io_geometry` of this run (compared with the model's contract).
-        model_name: ``registry.model_name`` (the default URI is its ``@champion``).
-        tracking_uri: MLflow tracking + registry URI.
-        profile: active params profile (recorded with the ingestion summary).
-        artifact_location: artifact root of the screening experiment when it is created.
 
-    Raises:
-        ModelNotFoundError: the model URI or alias does not resolve.
-        TrainServeSkewError: the model was trained on pools made otherwise.
-        RawExportError / PseudonymKeyError: the export or the key is unusable (nothing is screened).
-    """
-    from features.errors import IngestError, MissingMaskError, SegmenterError
-    from features.ingest import run_ingest
-    from features.io.tables import RawExport, read_raw_export
-    from features.pseudonym import Pseudonymizer, load_key
-    from features.quarantine import COLUMNS as Q_COLUMNS, QuarantineRecord
-    from features.segment import MASK_FORMAT, run_segmenter
-    from features.texture_stage import run_texture
+@dataclass(frozen=True)
+class StudyContext:
+    """What the per-study work needs besides the study itself (picklable: it travels to Dask workers)."""
+
+    input_dir: Path
+    work: Path
+    segmenter: str | None
+    segmenter_timeout_s: float
+    ingest: IngestConfig
+    texture: TextureConfig
+    profile: str
+    key_record: Path
+
+
+@dataclass(frozen=True)
+class StudyItem:
+    """One study of the batch: its ``ct_studies`` rows and its patient's row (PHI: never logged)."""
+
+    study_id: str
+    rows: pd.DataFrame
+    patients: pd.DataFrame
+
+
+@dataclass
+class StudyOutcome:
+    """What one study's work produced: its vertebrae (with absolute ``pool_uri``), quarantine rows, source."""
+
+    study_id: str
+    vertebrae: pd.DataFrame
+    quarantine: list[dict[str, str]]
+    source: dict[str, str] | None
+
+
+@dataclass
+class BatchPlan:
+    """A batch before its studies run: the model (checked for skew), the studies to do, the counts so far."""
+
+    request: ScreenRequest
+    batch_id: str
+    bdir: Path
+    input_dir: Path
+    out_dir: Path
+    model: serving.ServingModel
+    summary: BatchSummary
+    context: StudyContext
+    items: list[StudyItem]
+    t0: float
+
+
+def plan_batch(request: ScreenRequest, *, screen: ScreenConfig, ingest: IngestConfig, texture: TextureConfig,
+               geometry: Mapping[str, Any], model_name: str, tracking_uri: str, profile: str) -> BatchPlan:
+    """Steps 1-2 of the module docstring: model + skew, export, key, ledger -> the studies to screen."""
+    from features.io.tables import read_raw_export
+    from features.pseudonym import Pseudonymizer, check_fingerprint, load_key
 
     t0 = time.perf_counter()
     input_dir, out_dir = Path(request.input_dir).resolve(), Path(request.out_dir).resolve()
-    batch_id = request.batch_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    batch_id = request.batch_id or new_batch_id()
     bdir = out_dir / "batches" / batch_id
     work = bdir / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -208,68 +242,116 @@ def screen_folder(request: ScreenRequest, *, screen: ScreenConfig, ingest: Inges
 
     raw = read_raw_export(input_dir, require_dxa=False)
     key, key_source = load_key(ingest.key_env, ingest.key_file, ingest.allow_demo_key, input_dir)
+    check_fingerprint(key, out_dir / KEY_RECORD)         # recorded once here, only read by the studies' ingestion
     pseudo = Pseudonymizer(key=key, date_shift_max_days=int(ingest.date_shift_max_days), key_source=key_source)
     ledger = read_ledger(out_dir)
     done = ledger.groupby("study_id")["model_version"].agg(lambda s: set(map(str, s))).to_dict()
 
-    quarantine: list[QuarantineRecord] = []
-    keep, sources = [], {}
+    by_study: dict[str, list[int]] = {}
     summary.studies_seen = len(raw.ct_studies)
-    for _, r in raw.ct_studies.iterrows():
+    for i, (_, r) in enumerate(raw.ct_studies.iterrows()):
         sid = pseudo.study_id(str(r["accession_number"]).strip())
         prev = done.get(sid, set())
         if model.version in prev:
             summary.skipped_same_version += 1
-            continue
-        if prev and not request.rescreen:
+        elif prev and not request.rescreen:
             summary.skipped_other_version += 1
-            continue
+        else:
+            by_study.setdefault(sid, []).append(i)
+    items = []
+    for sid, idx in sorted(by_study.items()):
+        rows = raw.ct_studies.iloc[idx].reset_index(drop=True)
+        mrns = set(rows["mrn"].astype(str).str.strip())
+        items.append(StudyItem(sid, rows, raw.patients[raw.patients["mrn"].astype(str).str.strip().isin(mrns)]
+                               .reset_index(drop=True)))
+    # one level of parallelism: across studies (a Dask worker is a daemon process and may not start a pool)
+    context = StudyContext(input_dir=input_dir, work=work, segmenter=request.segmenter,
+                           segmenter_timeout_s=screen.segmenter_timeout_s, ingest=replace(ingest, workers=1),
+                           texture=replace(texture, workers=1), profile=profile, key_record=out_dir / KEY_RECORD)
+    return BatchPlan(request, batch_id, bdir, input_dir, out_dir, model, summary, context, items, t0)
+
+
+def screen_study(item: StudyItem, ctx: StudyContext) -> StudyOutcome:
+    """Steps 3-4 for one study: its mask (given, or the segmenter's), ingestion, texture; data faults quarantined.
+
+    A module-level function of picklable arguments: the CLI runs it here, in processes or on a Dask cluster
+    (:mod:`features.parallel`), the ``screen`` flow as one Prefect task per study. It writes only under
+    ``<work>/studies/<study_id>/`` (and ``<work>/masks/``), so studies never share a file.
+    """
+    from features.errors import MissingMaskError, SegmenterError
+    from features.ingest import run_ingest
+    from features.io.tables import DXA_COLUMNS, RawExport
+    from features.quarantine import COLUMNS as Q_COLUMNS, QuarantineRecord
+    from features.segment import MASK_FORMAT, run_segmenter
+    from features.texture_stage import run_texture
+
+    sid, sdir = item.study_id, ctx.work / "studies" / item.study_id
+    quarantine: list[QuarantineRecord] = []
+    keep, source = [], None
+    for _, r in item.rows.iterrows():
         r = r.copy()
-        if not str(r["mask_path"]).strip():
-            if not request.segmenter:
+        declared = str(r["mask_path"]).strip()
+        if not declared or not (ctx.input_dir / declared).exists():   # a PACS study: the mask path is left for us
+            if not ctx.segmenter:
+                why = "the CT row has no mask_path" if not declared else "the CT row's mask file does not exist"
                 quarantine.append(QuarantineRecord.from_error(MissingMaskError(
-                    sid, "the CT row has no mask_path", "add the vertebra mask to the export or pass "
+                    sid, why, "add the vertebra mask to the export or pass "
                     "--segmenter 'TotalSegmentator -i {ct} -o {out} --ml'"), "study"))
                 continue
             try:
-                mask = run_segmenter(request.segmenter, input_dir / r["ct_path"], work / "masks" / f"{sid}.nii.gz",
-                                     sid, screen.segmenter_timeout_s)
+                mask = run_segmenter(ctx.segmenter, ctx.input_dir / r["ct_path"], ctx.work / "masks" / f"{sid}.nii.gz",
+                                     sid, ctx.segmenter_timeout_s)
             except SegmenterError as err:
                 quarantine.append(QuarantineRecord.from_error(err, "study"))
                 continue
             r["mask_path"], r["mask_format"] = str(mask), MASK_FORMAT
         keep.append(r)
-        sources.setdefault(sid, {"ct_rel": str(r["ct_path"]), "ct_path": str(input_dir / r["ct_path"]),
-                                 "ct_format": str(r["ct_format"]), "mask_path": str(input_dir / r["mask_path"]),
-                                 "mask_format": str(r["mask_format"])})
+        source = source or {"ct_rel": str(r["ct_path"]), "ct_path": str(ctx.input_dir / r["ct_path"]),
+                            "ct_format": str(r["ct_format"]), "mask_path": str(ctx.input_dir / r["mask_path"]),
+                            "mask_format": str(r["mask_format"])}
 
     vert = pd.DataFrame()
     if keep:
-        sub = RawExport(patients=raw.patients, ct_studies=pd.DataFrame(keep, columns=raw.ct_studies.columns),
-                        dxa=raw.dxa)
-        ing = run_ingest(ingest, input_dir, work / "ingest", profile, progress=request.progress,
-                         key_record=out_dir / KEY_RECORD, raw=sub)
-        qpath = work / "ingest" / "quarantine.parquet"
-        ingest_q = pd.read_parquet(qpath) if qpath.is_file() else pd.DataFrame(columns=list(Q_COLUMNS))
-        quarantine += [QuarantineRecord(**{c: str(row[c]) for c in Q_COLUMNS}) for _, row in ingest_q.iterrows()]
+        sub = RawExport(patients=item.patients, ct_studies=pd.DataFrame(keep, columns=item.rows.columns),
+                        dxa=pd.DataFrame({c: pd.Series(dtype=str) for c in DXA_COLUMNS}))   # screening: no labels
+        ing = run_ingest(ctx.ingest, ctx.input_dir, sdir / "ingest", ctx.profile, progress=False,
+                         key_record=ctx.key_record, raw=sub)
+        tables = [sdir / "ingest" / "quarantine.parquet"]
         if ing.vertebrae.ingested:
-            run_texture(texture, work / "ingest", work / "texture", progress=request.progress)
-            tq = work / "texture" / "quarantine.parquet"
-            if tq.is_file():
-                quarantine += [QuarantineRecord(**{c: str(row[c]) for c in Q_COLUMNS})
-                               for _, row in pd.read_parquet(tq).iterrows()]
-            vert = pd.read_parquet(work / "ingest" / "vertebrae.parquet")
-            tex = pd.read_parquet(work / "texture" / "texture.parquet")[["study_id", "level", "pool_path"]]
+            run_texture(ctx.texture, sdir / "ingest", sdir / "texture", progress=False)
+            tables.append(sdir / "texture" / "quarantine.parquet")
+            vert = pd.read_parquet(sdir / "ingest" / "vertebrae.parquet")
+            tex = pd.read_parquet(sdir / "texture" / "texture.parquet")[["study_id", "level", "pool_path"]]
             vert = vert.merge(tex, on=["study_id", "level"], how="inner")
+            vert["pool_uri"] = [str((sdir / "texture" / p).resolve()) for p in vert["pool_path"]]
+        for t in tables:
+            if t.is_file():
+                quarantine += [QuarantineRecord(**{c: str(row[c]) for c in Q_COLUMNS})
+                               for _, row in pd.read_parquet(t).iterrows()]
+    return StudyOutcome(sid, vert, [asdict(q) for q in quarantine], source)
+
+
+def finish_batch(plan: BatchPlan, outcomes: list[StudyOutcome], *, screen: ScreenConfig, ingest: IngestConfig,
+                 geometry: Mapping[str, Any], tracking_uri: str, artifact_location: str | None = None) -> BatchSummary:
+    """Steps 5-6: predict, quality, reports, tables, drift, the MLflow run and the ledger (in study order)."""
+    from features.quarantine import COLUMNS as Q_COLUMNS
+
+    model, summary, bdir = plan.model, plan.summary, plan.bdir
+    outcomes = sorted(outcomes, key=lambda o: o.study_id)
+    quarantine = [q for o in outcomes for q in o.quarantine]
+    sources = {o.study_id: o.source for o in outcomes if o.source is not None}
+    parts = [o.vertebrae for o in outcomes if len(o.vertebrae)]
+    vert = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if len(vert):
         cal = vert["cal_version"].astype(str).tolist() if "cal_version" in vert.columns else None
         serving.check_skew(model.contract, geometry, cal, model.uri)
 
-    vrows, prows = _predict_and_report(vert, model, screen, ingest, sources, work, bdir, batch_id, input_dir, summary)
+    vrows, prows = _predict_and_report(vert, model, screen, ingest, sources, plan.context.work, bdir, plan.batch_id,
+                                       plan.input_dir, summary)
 
     vtab = pd.DataFrame(vrows)
     ptab = pd.DataFrame(prows)
-    qtab = pd.DataFrame([asdict(q) for q in quarantine], columns=list(Q_COLUMNS))
+    qtab = pd.DataFrame(quarantine, columns=list(Q_COLUMNS))
     _atomic_table(vtab, bdir / "vertebrae")
     _atomic_table(ptab, bdir / "patients")
     _atomic_table(qtab, bdir / "quarantine")
@@ -288,15 +370,57 @@ def screen_folder(request: ScreenRequest, *, screen: ScreenConfig, ingest: Inges
         summary.drift_alert = drift.drifted
         summary.drifted_features = [f.name for f in drift.features if f.status == "drift"]
     summary.run_id = _log_run(summary, drift, model, tracking_uri, screen.experiment, artifact_location,
-                              time.perf_counter() - t0)
-    _append_ledger(out_dir, [{"study_id": sid, "model_name": model.name, "model_version": model.version,
-                              "batch_id": batch_id, "screened_at": pd.Timestamp.now(tz="UTC").isoformat()}
-                             for sid in (ptab["study_id"] if len(ptab) else [])])
+                              time.perf_counter() - plan.t0)
+    _append_ledger(plan.out_dir, [{"study_id": sid, "model_name": model.name, "model_version": model.version,
+                                   "batch_id": plan.batch_id, "screened_at": pd.Timestamp.now(tz="UTC").isoformat()}
+                                  for sid in (ptab["study_id"] if len(ptab) else [])])
     from screening.reports import write_json
     write_json(bdir / "summary.json", asdict(summary))
-    log.info("screen batch %s: %d screened, %d quarantined, %d skipped; drift alert %s", batch_id, summary.screened,
-             summary.quarantined, summary.skipped_same_version + summary.skipped_other_version, summary.drift_alert)
+    log.info("screen batch %s: %d screened, %d quarantined, %d skipped; drift alert %s", plan.batch_id,
+             summary.screened, summary.quarantined, summary.skipped_same_version + summary.skipped_other_version,
+             summary.drift_alert)
     return summary
+
+
+def _screen_one(args: tuple[StudyItem, StudyContext]) -> StudyOutcome:
+    return screen_study(*args)
+
+
+def screen_folder(request: ScreenRequest, *, screen: ScreenConfig, ingest: IngestConfig, texture: TextureConfig,
+                  geometry: Mapping[str, Any], model_name: str, tracking_uri: str, profile: str,
+                  artifact_location: str | None = None, workers: int = 1,
+                  compute: ComputeConfig | None = None) -> BatchSummary:
+    """Screen every new study of ``request.input_dir`` (module docstring); returns the batch's counts.
+
+    :func:`plan_batch`, then :func:`screen_study` per study (here, in ``workers`` processes or on the Dask
+    cluster of ``compute.dask_address``: :mod:`features.parallel`, outputs identical to the serial run),
+    then :func:`finish_batch`. The ``screen`` flow composes the same three as Prefect tasks.
+
+    Args:
+        request: folders, model URI, segmenter, rescreen.
+        screen / ingest / texture: the configuration sections (the same ingest and texture as training).
+        geometry: :meth:`osteo_config.Config.io_geometry` of this run (compared with the model's contract).
+        model_name: ``registry.model_name`` (the default URI is its ``@champion``).
+        tracking_uri: MLflow tracking + registry URI.
+        profile: active params profile (recorded with the ingestion summary).
+        artifact_location: artifact root of the screening experiment when it is created.
+        workers: processes for the per-study work when ``compute.dask_address`` is unset (<= 1: in-process).
+        compute: the ``compute:`` section (an existing Dask cluster).
+
+    Raises:
+        ModelNotFoundError: the model URI or alias does not resolve.
+        TrainServeSkewError: the model was trained on pools made otherwise.
+        RawExportError / PseudonymKeyError: the export or the key is unusable (nothing is screened).
+        DaskUnreachableError: ``compute.dask_address`` is set and no scheduler answers.
+    """
+    from features.parallel import map_items
+
+    plan = plan_batch(request, screen=screen, ingest=ingest, texture=texture, geometry=geometry,
+                      model_name=model_name, tracking_uri=tracking_uri, profile=profile)
+    outcomes = map_items(_screen_one, [(it, plan.context) for it in plan.items], workers=workers, compute=compute) \
+        if plan.items else []
+    return finish_batch(plan, outcomes, screen=screen, ingest=ingest, geometry=geometry, tracking_uri=tracking_uri,
+                        artifact_location=artifact_location)
 
 
 def _predict_and_report(vert: pd.DataFrame, model: serving.ServingModel, screen: ScreenConfig, ingest: IngestConfig,
@@ -313,7 +437,7 @@ def _predict_and_report(vert: pd.DataFrame, model: serving.ServingModel, screen:
         return [], []
     tables = screen.references
     vendors = list(screen.report_vendors)
-    table = pd.DataFrame({"pool_uri": [str((work / "texture" / p).resolve()) for p in vert["pool_path"]],
+    table = pd.DataFrame({"pool_uri": vert["pool_uri"].astype(str).to_numpy(),
                           "contrast": vert["contrast"].to_numpy()})
     base = model.pyfunc.predict(table, params={"device_vendor": "unknown"})
     bmd = {v: model.pyfunc.predict(table, params={"device_vendor": v})["bmd_g_cm2"].to_numpy() for v in vendors}

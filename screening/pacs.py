@@ -23,9 +23,11 @@ import pydicom
 import requests
 from pydicom.dataset import Dataset
 
+from screening.errors import ScreeningError
 
-class PacsError(RuntimeError):
-    """Base class of PACS errors."""
+
+class PacsError(ScreeningError):
+    """Base class of PACS errors (``osteo screen run --pacs`` exits 5 on them)."""
 
 
 class PacsUnreachableError(PacsError):
