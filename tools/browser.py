@@ -154,6 +154,20 @@ def compare_url(base: str, run_ids: Sequence[str], experiment_ids: Sequence[str]
     return f"{base}/#/compare-runs?{query}"
 
 
+def model_url(base: str, name: str, version: str | None = None) -> str:
+    """The registered model's page, or one version's page (``/models/<name>[/versions/<v>]``)."""
+    return f"{base}/#/models/{quote(name)}" + ("" if version is None else f"/versions/{quote(str(version))}")
+
+
+def open_model_card(driver, base: str, name: str, version: str, texts: Iterable[str],
+                    timeout: float = 60.0) -> str:
+    """Open a model version's page and wait until its description shows ``texts``; return the page text."""
+    driver.get(model_url(base, name, version))
+    text = wait_for_text(driver, texts, timeout)
+    hide_assistant(driver)
+    return text
+
+
 def wait_for_text(driver, texts: Iterable[str], timeout: float = 60.0) -> str:
     """Wait until every string in ``texts`` is in the page's visible text; return that text.
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from osteo_model.tracking import experiment_ui_link
-from tools.browser import (PNG_MAGIC, chromium, metric_row, missing_browser, mlflow_ui, open_comparison,
-                           open_runs_table, wait_for_text)
+from tools.browser import (PNG_MAGIC, chromium, metric_row, missing_browser, mlflow_ui, model_url, open_comparison,
+                           open_model_card, open_runs_table, screenshot, wait_for_text)
 from tools.mlflow_screenshot import Compared, latest_evaluated, take
 from osteo_config import Config
 
@@ -41,20 +41,20 @@ def store(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("mlflow_ui")
     params = _fixture.write_inputs(root)
-    for method in METHODS:
-        run_training(Config.from_params(params).experiment(), method, tracking=True, out_dir=root / "out" / method)
-    return params["tracking"]["uri"], params["tracking"]["experiment"], root
+    results = {method: run_training(Config.from_params(params).experiment(), method, tracking=True,
+                                    out_dir=root / "out" / method) for method in METHODS}
+    return params["tracking"]["uri"], params["tracking"]["experiment"], root, results
 
 
 @pytest.fixture(scope="module")
 def compared(store) -> Compared:
-    uri, experiment, _ = store
+    uri, experiment, *_ = store
     return latest_evaluated(uri, experiment, n=len(METHODS))
 
 
 @pytest.fixture(scope="module")
 def ui(store):
-    uri, _, root = store
+    uri, _, root, _ = store
     with mlflow_ui(uri, root / "server.log") as base:
         yield base
 
@@ -130,3 +130,37 @@ def test_screenshots_are_real_pictures_of_the_pages(ui, compared, tmp_path):
         pixels = mpimg.imread(png)                                      # (H, W, C) floats in [0, 1]
         assert pixels.std() > 0.05                                      # text and tables, not one flat colour
     assert struct.unpack(">II", compare.read_bytes()[16:24])[1] > 1500  # tall enough for metrics and tags
+
+
+@pytest.fixture(scope="module")
+def registered(store):
+    """The tp_swav run's model registered as a version, as `osteo registry promote` does (gates + model card)."""
+    from osteo_model.evaluate import EvaluateConfig, evaluate_predictions  # noqa: F401  (metrics layout)
+    from registry.gates import GateRule, GatesConfig, evaluate_gates
+    from registry.registry import register_candidate
+
+    uri, _, _, results = store
+    res = results["tp_swav"]
+    metrics = {**res.metrics["test"], "threshold": res.threshold}
+    gates = GatesConfig(rules=(GateRule("pooled", "vertebra", "auroc", min=0.0),))
+    report = evaluate_gates(metrics, None, gates)
+    lineage = {"data_version": "dvc:ui-test", "split_hash": "ab12", "params_hash": "cd34", "method": "tp_swav",
+               "training_run_id": res.run_id}
+    version = register_candidate(res.model_uri, "osteo-ui-test", lineage, metrics, report, tracking_uri=uri,
+                                 actor="ci")
+    return "osteo-ui-test", version, metrics
+
+
+def test_the_registered_model_and_its_version_show_their_model_card(browser, ui, registered, tmp_path):
+    from osteo_config.screen import INTENDED_USE
+
+    name, version, metrics = registered
+    browser.get(model_url(ui, name))
+    text = wait_for_text(browser, ["opportunistic screening", "Promotion"])
+    assert INTENDED_USE.split(";")[0] in text and f"Version {version}" in text
+    text = open_model_card(browser, ui, name, version, [f"Version {version}", "dvc:ui-test", "site_A"])
+    assert INTENDED_USE.split(";")[0] in text and "ab12" in text and "gates passed" in text
+    n_a = metrics["site_A"]["patient"]["n_patients"]
+    assert any(line.startswith("site_A") and str(n_a) in line for line in text.splitlines()), text
+    png = screenshot(browser, tmp_path / "model_card.png")
+    assert png.read_bytes()[:8] == PNG_MAGIC
