@@ -3,7 +3,8 @@
 Attacks tried on a real log (SQLite registry store), each on a fresh copy of the database:
 a row edited behind the triggers' back, a row deleted, a row appended by someone holding the
 database but not the key (with its own key id, and with the real key id forged), and the whole
-chain re-signed with another key. Each is reported by :func:`registry.audit.verify_chain` with
+chain re-signed with another key; and the newest row removed (a valid shorter chain, caught by the
+``osteo.event.<seq>`` version tags in MLflow). Each is reported by :func:`registry.audit.verify_chain` with
 its own message and makes ``osteo registry log --verify`` exit 2.
 """
 from __future__ import annotations
@@ -86,6 +87,8 @@ def _attacked(db: Path, tmp_path: Path, attack: str) -> str:
             conn.exec_driver_sql(f"UPDATE {audit.TABLE} SET actor = 'mallory' WHERE seq = 2")
         elif attack == "delete":
             conn.exec_driver_sql(f"DELETE FROM {audit.TABLE} WHERE seq = 2")
+        elif attack == "truncate":                        # the newest row (promote's completion) removed
+            conn.exec_driver_sql(f"DELETE FROM {audit.TABLE} WHERE seq = (SELECT MAX(seq) FROM {audit.TABLE})")
         elif attack == "resign":                          # the whole chain rebuilt with another key
             rows = conn.execute(sa.text(f"SELECT * FROM {audit.TABLE} ORDER BY seq")).mappings().all()
             conn.exec_driver_sql(f"DELETE FROM {audit.TABLE}")
@@ -149,9 +152,14 @@ def test_cli_log_verify_exits_2_on_an_attacked_log(signed_log, tmp_path, monkeyp
     monkeypatch.setenv("OSTEO_TEST_AUDIT_KEY", KEY.decode())
     ok = log(f"sqlite:///{genuine}")
     assert ok.exit_code == 0 and "keyed hash chain verified: 4 rows" in ok.output, ok.output
-    for attack in ("edit", "delete", "forge"):
-        broken = log(_attacked(signed_log, tmp_path, attack))
+    for attack in ("edit", "delete", "forge", "truncate"):
+        uri = _attacked(signed_log, tmp_path, attack)
+        if attack == "truncate":                          # a valid shorter chain: only the MLflow tags tell
+            assert audit.verify_chain(uri, key=KEY) == 3
+        broken = log(uri)
         assert broken.exit_code == EXIT_CHAIN_BROKEN and "HASH CHAIN BROKEN" in broken.output, (attack, broken.output)
+        if attack == "truncate":
+            assert "newest rows were removed" in broken.output
     monkeypatch.setenv("OSTEO_TEST_AUDIT_KEY", OTHER.decode())            # the verifier holds another key
     wrong = log(f"sqlite:///{genuine}")
     assert wrong.exit_code == EXIT_CHAIN_BROKEN and "another key" in wrong.output
