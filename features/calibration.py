@@ -64,6 +64,7 @@ from scipy import ndimage
 from scipy.stats import norm
 
 from features.errors import IngestError
+from features.roi import dilate_ball, erode_ball
 from osteo_config.ingest import CalibrationConfig
 
 # Version of this algorithm: goes into every vertebra row (``cal_version``) so a model can refuse
@@ -202,6 +203,37 @@ def _inplane_edt(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return ndimage.distance_transform_edt(mask, sampling=(spacing[0], spacing[1], _Z_SAMPLING_MM)).astype(np.float32)
 
 
+_INPLANE_Z_MM = 1.0e6        # chord morphology: a z spacing no radius reaches, so the ball is an in-plane disc
+_OPEN = 1.0e-6               # mm: a closed ball of radius r - _OPEN is the open ball of radius r on the lattice
+
+
+def inplane_core(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` whose in-plane distance to every False voxel is >= ``radius_mm``.
+
+    Equal to ``_inplane_edt(mask, spacing) >= radius_mm`` (outside the array is no False
+    voxel, as for the EDT), computed as an erosion by the open in-plane disc with the chord
+    morphology of :func:`features.roi.erode_ball` on a copy padded with True: about ten times
+    cheaper than a full-volume distance transform.
+    """
+    m = np.asarray(mask, dtype=bool)
+    if radius_mm <= 0 or not m.any():
+        return m.copy()
+    sp = np.array([spacing[0], spacing[1], _INPLANE_Z_MM], dtype=np.float64)
+    pad = [int(np.ceil(radius_mm / sp[0])) + 1, int(np.ceil(radius_mm / sp[1])) + 1, 0]
+    padded = np.pad(m, [(p, p) for p in pad], constant_values=True)
+    core = erode_ball(padded, radius_mm - _OPEN, sp)
+    return core[pad[0]:pad[0] + m.shape[0], pad[1]:pad[1] + m.shape[1], :]
+
+
+def inplane_near(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """Voxels whose in-plane distance to a True voxel of ``mask`` is < ``radius_mm``
+    (``_inplane_edt(~mask, spacing) < radius_mm``), as a dilation by the open in-plane disc."""
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return np.zeros(m.shape, bool)
+    return dilate_ball(m, radius_mm - _OPEN, np.array([spacing[0], spacing[1], _INPLANE_Z_MM], dtype=np.float64))
+
+
 def body_outline(smooth: np.ndarray, valid: np.ndarray, threshold_hu: float) -> np.ndarray:
     """Patient body: largest component above ``threshold_hu``, holes filled per axial slice. (x, y, z) bool"""
     dense = (smooth > threshold_hu) & valid
@@ -233,7 +265,7 @@ class StudyScene:
         sig = cfg.smooth_mm / spacing[:2]
         smooth = ndimage.gaussian_filter(np.asarray(hu, np.float32), sigma=(sig[0], sig[1], 0.0), truncate=2.5)
         spine = np.asarray(labels) > 0
-        near = _inplane_edt(~spine, spacing) < 3.0 if spine.any() else np.zeros(spine.shape, bool)
+        near = inplane_near(spine, 3.0, spacing)
         return cls(hu=np.asarray(hu), smooth=smooth, spacing=spacing,
                    body=body_outline(smooth, valid, cfg.body_threshold_hu), valid=valid, spine=spine,
                    near_spine=near)
@@ -242,7 +274,7 @@ class StudyScene:
 def air_region(scene: StudyScene, cfg: CalibrationConfig) -> np.ndarray:
     """Rule 2: air outside the body outline, away from any denser voxel. (x, y, z) bool"""
     cand = ~scene.body & scene.valid & (scene.smooth < cfg.body_threshold_hu)
-    return cand & (_inplane_edt(cand, scene.spacing) >= cfg.air_margin_mm)
+    return inplane_core(cand, cfg.air_margin_mm, scene.spacing)
 
 
 def fat_region(scene: StudyScene, cfg: CalibrationConfig) -> np.ndarray:
@@ -251,7 +283,7 @@ def fat_region(scene: StudyScene, cfg: CalibrationConfig) -> np.ndarray:
     depth = _inplane_edt(scene.body, scene.spacing)
     cand = (scene.body & scene.valid & (scene.smooth >= lo) & (scene.smooth <= hi)
             & (depth <= cfg.fat_max_depth_mm) & ~scene.near_spine)
-    return cand & (_inplane_edt(cand, scene.spacing) >= cfg.fat_erosion_mm)
+    return inplane_core(cand, cfg.fat_erosion_mm, scene.spacing)
 
 
 def blood_region(scene: StudyScene, cfg: CalibrationConfig, slope: float, intercept: float) -> np.ndarray:
@@ -275,7 +307,7 @@ def blood_region(scene: StudyScene, cfg: CalibrationConfig, slope: float, interc
     lo, hi = cfg.blood_window_hu
     cal = np.float32(slope) * scene.smooth + np.float32(intercept)
     cand = box & scene.body & scene.valid & (cal >= lo) & (cal <= hi) & ~scene.near_spine
-    core = cand & (_inplane_edt(cand, sp) >= cfg.blood_margin_mm)
+    core = inplane_core(cand, cfg.blood_margin_mm, sp)
     lab, n = ndimage.label(core)
     return lab == (int(np.argmax(np.bincount(lab.ravel())[1:])) + 1) if n else core
 

@@ -228,3 +228,20 @@ def test_params_calibration_section_parses_and_rejects_unknown_keys():
     bad = {"ingest": {**params["ingest"], "calibration": {**params["ingest"]["calibration"], "slop": 1}}}
     with pytest.raises(ValueError, match="slop"):
         IngestConfig.from_params(bad)
+
+
+@pytest.mark.parametrize("spacing", [(0.5, 0.5, 1.0), (0.8, 0.96, 1.25), (0.9765625, 0.9765625, 2.5), (1.5, 1.5, 1.5)])
+def test_chord_morphology_equals_the_distance_transform_rule(spacing):
+    """inplane_core / inplane_near are exactly the EDT thresholds they replace (open disc, array edge not background)."""
+    from scipy import ndimage
+
+    from features.calibration import _inplane_edt, inplane_core, inplane_near
+    rng = np.random.default_rng(int(spacing[0] * 1000))
+    sp = np.asarray(spacing)
+    for _ in range(6):
+        shape = tuple(int(v) for v in rng.integers(10, 36, 3))
+        m = ndimage.binary_opening(rng.random(shape) < 0.8) | (rng.random(shape) < 0.5)
+        for r in (1.0, 1.5, 3.0, 5.0):
+            assert np.array_equal(inplane_core(m, r, sp), _inplane_edt(m, sp) >= r), (shape, r)
+            assert np.array_equal(inplane_near(m, r, sp), _inplane_edt(~m, sp) < r), (shape, r)
+    assert not inplane_near(np.zeros((4, 4, 4), bool), 3.0, sp).any()
