@@ -21,14 +21,9 @@ from registry.gates import evaluate_gates
 from registry.registry import (CHALLENGER, CHAMPION, PREVIOUS, aliases, champion_metrics, consistency, promote,
                                register_candidate, repair, rollback)
 
-from .conftest import LINEAGE, fake_metrics
+from .conftest import LINEAGE, fake_metrics, with_paired
 from .test_race import _gates_params
 
-try:                                    # gates on paired evidence vs the champion, where the gates ask for it
-    from .conftest import with_paired
-except ImportError:                     # pragma: no cover - older gates
-    def with_paired(metrics, champion, version):  # type: ignore[no-redef]
-        return metrics
 
 NAME = "osteo-crash"
 WORKER = Path(__file__).with_name("crash_worker.py")

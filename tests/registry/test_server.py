@@ -23,14 +23,9 @@ from registry.lock import registry_lock
 from registry.registry import (CHALLENGER, CHAMPION, PREVIOUS, aliases, champion_metrics, promote, register_candidate,
                                repair, rollback)
 
-from .conftest import LINEAGE, Tracking, fake_metrics
+from .conftest import LINEAGE, Tracking, fake_metrics, with_paired
 from .test_crash import EXIT_CRASHED, assert_consistent, crash
 
-try:
-    from .conftest import with_paired
-except ImportError:                     # pragma: no cover - older gates
-    def with_paired(metrics, champion, version):  # type: ignore[no-redef]
-        return metrics
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]    # a server start: ~30-90 s on 2 loaded cores
 NAME = "osteo-crash"                                     # the crash worker's model name
