@@ -105,7 +105,7 @@ def screen(params_file: str, input_dir: str | None, out_dir: str, profile: str |
         outcomes = (screen_studies.with_options(task_runner=dask_runner(compute))(plan.items, plan.context,
                                                                                   retries, delay)
                     if plan.items else [])
-        return finish_batch(plan, outcomes, screen=cfg.screen, ingest=cfg.ingest, geometry=cfg.io_geometry(),
+        return finish_batch(plan, outcomes, screen=cfg.screen, geometry=cfg.io_geometry(),
                             tracking_uri=cfg.tracking.active_uri, artifact_location=cfg.tracking.artifact_location)
 
     if pacs_url:

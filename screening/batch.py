@@ -22,6 +22,10 @@ Story of a batch (``<out>/batches/<batch_id>/``):
    ``summary.json``, the ledger; one MLflow run with counts and drift metrics (no identifier).
 
 Every file is written atomically; a re-run of the same folder with the same model version screens nothing.
+
+Steps 1-2 run once (:func:`plan_batch`), steps 3-4 and the study's quality flags per study
+(:func:`screen_study`: in-process, in processes, on a Dask cluster or as Prefect tasks), steps 5-6 once
+(:func:`finish_batch`); :func:`screen_folder` composes the three.
 """
 from __future__ import annotations
 
@@ -179,6 +183,7 @@ class StudyContext:
 
     input_dir: Path
     work: Path
+    screen: ScreenConfig
     segmenter: str | None
     segmenter_timeout_s: float
     ingest: IngestConfig
@@ -198,12 +203,16 @@ class StudyItem:
 
 @dataclass
 class StudyOutcome:
-    """What one study's work produced: its vertebrae (with absolute ``pool_uri``), quarantine rows, source."""
+    """What one study's work produced: its vertebrae (with absolute ``pool_uri``), quarantine rows, source, and
+    its quality flags + thumbnail (``quality_error``: why they could not be assessed, then every level is excluded)."""
 
     study_id: str
     vertebrae: pd.DataFrame
     quarantine: list[dict[str, str]]
     source: dict[str, str] | None
+    flags: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
+    thumbnail: bytes | None = None
+    quality_error: str | None = None
 
 
 @dataclass
@@ -265,14 +274,14 @@ def plan_batch(request: ScreenRequest, *, screen: ScreenConfig, ingest: IngestCo
         items.append(StudyItem(sid, rows, raw.patients[raw.patients["mrn"].astype(str).str.strip().isin(mrns)]
                                .reset_index(drop=True)))
     # one level of parallelism: across studies (a Dask worker is a daemon process and may not start a pool)
-    context = StudyContext(input_dir=input_dir, work=work, segmenter=request.segmenter,
+    context = StudyContext(input_dir=input_dir, work=work, screen=screen, segmenter=request.segmenter,
                            segmenter_timeout_s=screen.segmenter_timeout_s, ingest=replace(ingest, workers=1),
                            texture=replace(texture, workers=1), profile=profile, key_record=out_dir / KEY_RECORD)
     return BatchPlan(request, batch_id, bdir, input_dir, out_dir, model, summary, context, items, t0)
 
 
 def screen_study(item: StudyItem, ctx: StudyContext) -> StudyOutcome:
-    """Steps 3-4 for one study: its mask (given, or the segmenter's), ingestion, texture; data faults quarantined.
+    """Steps 3-4 for one study: its mask (given, or the segmenter's), ingestion, texture, quality flags + thumbnail.
 
     A module-level function of picklable arguments: the CLI runs it here, in processes or on a Dask cluster
     (:mod:`features.parallel`), the ``screen`` flow as one Prefect task per study. It writes only under
@@ -328,25 +337,32 @@ def screen_study(item: StudyItem, ctx: StudyContext) -> StudyOutcome:
             if t.is_file():
                 quarantine += [QuarantineRecord(**{c: str(row[c]) for c in Q_COLUMNS})
                                for _, row in pd.read_parquet(t).iterrows()]
-    return StudyOutcome(sid, vert, [asdict(q) for q in quarantine], source)
+    out = StudyOutcome(sid, vert, [asdict(q) for q in quarantine], source)
+    if len(vert):
+        from features.errors import IngestError
+        from screening.quality import QualityInputError
+        try:
+            out.flags, out.thumbnail = _study_quality(source, sid, ctx.screen, ctx.ingest)
+        except (IngestError, QualityInputError) as err:
+            out.quality_error = type(err).__name__
+    return out
 
 
-def finish_batch(plan: BatchPlan, outcomes: list[StudyOutcome], *, screen: ScreenConfig, ingest: IngestConfig,
+def finish_batch(plan: BatchPlan, outcomes: list[StudyOutcome], *, screen: ScreenConfig,
                  geometry: Mapping[str, Any], tracking_uri: str, artifact_location: str | None = None) -> BatchSummary:
-    """Steps 5-6: predict, quality, reports, tables, drift, the MLflow run and the ledger (in study order)."""
+    """Steps 5-6: predict, reports (with the studies' quality flags), tables, drift, the MLflow run, the ledger."""
     from features.quarantine import COLUMNS as Q_COLUMNS
 
     model, summary, bdir = plan.model, plan.summary, plan.bdir
     outcomes = sorted(outcomes, key=lambda o: o.study_id)
     quarantine = [q for o in outcomes for q in o.quarantine]
-    sources = {o.study_id: o.source for o in outcomes if o.source is not None}
     parts = [o.vertebrae for o in outcomes if len(o.vertebrae)]
     vert = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if len(vert):
         cal = vert["cal_version"].astype(str).tolist() if "cal_version" in vert.columns else None
         serving.check_skew(model.contract, geometry, cal, model.uri)
 
-    vrows, prows = _predict_and_report(vert, model, screen, ingest, sources, plan.context.work, bdir, plan.batch_id,
+    vrows, prows = _predict_and_report(vert, model, screen, {o.study_id: o for o in outcomes}, bdir, plan.batch_id,
                                        plan.input_dir, summary)
 
     vtab = pd.DataFrame(vrows)
@@ -419,18 +435,17 @@ def screen_folder(request: ScreenRequest, *, screen: ScreenConfig, ingest: Inges
                       model_name=model_name, tracking_uri=tracking_uri, profile=profile)
     outcomes = map_items(_screen_one, [(it, plan.context) for it in plan.items], workers=workers, compute=compute) \
         if plan.items else []
-    return finish_batch(plan, outcomes, screen=screen, ingest=ingest, geometry=geometry, tracking_uri=tracking_uri,
+    return finish_batch(plan, outcomes, screen=screen, geometry=geometry, tracking_uri=tracking_uri,
                         artifact_location=artifact_location)
 
 
-def _predict_and_report(vert: pd.DataFrame, model: serving.ServingModel, screen: ScreenConfig, ingest: IngestConfig,
-                        sources: Mapping[str, Mapping[str, str]], work: Path, bdir: Path, batch_id: str,
+def _predict_and_report(vert: pd.DataFrame, model: serving.ServingModel, screen: ScreenConfig,
+                        outcomes: Mapping[str, StudyOutcome], bdir: Path, batch_id: str,
                         input_dir: Path, summary: BatchSummary) -> tuple[list[dict], list[dict]]:
     """Per-vertebra and per-study rows; writes each study's reports (released or pending)."""
-    from features.errors import IngestError
     from osteo_model.conformal import predict_interval
     from screening import reports
-    from screening.quality import QualityInputError, level_name
+    from screening.quality import level_name
     from screening.tscore import to_sbmd, t_score, who_class
 
     if vert.empty:
@@ -447,11 +462,9 @@ def _predict_and_report(vert: pd.DataFrame, model: serving.ServingModel, screen:
     for sid, idx in vert.groupby("study_id", sort=True).indices.items():
         rows = vert.iloc[idx]
         notes: list[str] = []
-        try:
-            flags, thumb = _study_quality(sources[sid], sid, screen, ingest)
-        except (IngestError, QualityInputError) as err:
-            flags, thumb = {}, None
-            notes.append(f"quality flags not assessed ({type(err).__name__}): every level excluded")
+        flags, thumb = outcomes[sid].flags, outcomes[sid].thumbnail
+        if outcomes[sid].quality_error:
+            notes.append(f"quality flags not assessed ({outcomes[sid].quality_error}): every level excluded")
             flags = {int(lv): [("quality_unavailable", f"{level_name(int(lv))}: quality flags could not be assessed")]
                      for lv in rows["level"]}
         levels = []
@@ -488,7 +501,7 @@ def _predict_and_report(vert: pd.DataFrame, model: serving.ServingModel, screen:
                              reference_version=tables.version,
                              interval_level=model.interval.level if model.interval else screen.interval_level,
                              screen_positive=positive, score=score, threshold=model.threshold, notes=tuple(notes))
-        src = sources[sid]
+        src = outcomes[sid].source
         if screen.review == "required":
             reports.queue(bdir / "pending", sid, result, input_dir, src["ct_rel"], thumb)
             summary.reports_pending += 1
