@@ -98,3 +98,16 @@ def test_study_tasks_retry_on_network_errors_and_timeouts_only(prefect_home):
     assert run("timeout").result() == "ok" and calls["timeout"] == 2
     state = run("data", return_state=True)
     assert state.is_failed() and calls["data"] == 1               # a data error fails at once, no retry
+
+
+def test_an_unreachable_dask_address_is_a_typed_error_naming_it():
+    from features.parallel import DaskUnreachableError
+    from flows.screen import dask_runner
+    from osteo_config.compute import ComputeConfig
+    from osteo_testing.orthanc import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    with pytest.raises(DaskUnreachableError, match=address.replace(".", r"\.")):
+        dask_runner(ComputeConfig(dask_address=address, connect_timeout_s=2))
+    runner = dask_runner(ComputeConfig(local_workers=2))        # no address: a LocalCluster of local_workers
+    assert runner.cluster_kwargs["n_workers"] == 2 and runner.cluster_kwargs["threads_per_worker"] == 1
