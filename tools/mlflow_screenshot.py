@@ -6,6 +6,8 @@ Serves ``mlflow server`` on 127.0.0.1 for an existing tracking store, opens it i
     python -m tools.mlflow_screenshot --tracking-uri sqlite:///mlflow.db --experiment osteo-training \\
         --out docs/mlflow_compare.png --runs 2
     # -> docs/mlflow_compare.png (comparison view) and docs/mlflow_compare_runs.png (runs table)
+    python -m tools.mlflow_screenshot --model-card osteo-screening --out docs/mlflow_model_card.png
+    # -> the newest registered version's page: its model card (description), aliases, tags
 
 Per-site metrics (``valid.site_A.vertebra.sen``, ``test.site_B.patient.f1``...) are logged on each training run's
 ``evaluate-valid`` child, not on the parent, so "the latest N parent runs" are compared through those children;
@@ -19,7 +21,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.browser import chromium, collapse_section, metric_row, open_comparison, open_runs_table, screenshot
+from tools.browser import (chromium, collapse_section, metric_row, open_comparison, open_model_card, open_runs_table,
+                           screenshot)
 
 EVAL_STAGE = "evaluate-valid"       # child run that carries the split/site/level metrics (osteo_model.experiment)
 COMPARE_WINDOW = (1600, 1800)       # px; tall enough for run details, the metric table and the tags in one shot
@@ -80,6 +83,20 @@ def take(base: str, compared: Compared, out: Path, timeout: float = 90.0) -> tup
         return screenshot(driver, out), table
 
 
+def take_model_card(base: str, tracking_uri: str, name: str, out: Path, timeout: float = 90.0) -> tuple[Path, str]:
+    """Screenshot of the newest version's page of registered model ``name`` (its model card); returns (png, version)."""
+    from mlflow.tracking import MlflowClient
+
+    versions = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).search_model_versions(
+        f"name = '{name}'")
+    if not versions:
+        raise NoRunsError(f"no registered versions of {name!r} in {tracking_uri}: run `osteo demo` first")
+    version = str(max(int(v.version) for v in versions))
+    with chromium(COMPARE_WINDOW) as driver:
+        open_model_card(driver, base, name, version, [f"Version {version}", "site_A"], timeout)
+        return screenshot(driver, out), version
+
+
 def main(argv: list[str] | None = None) -> int:
     from tools.browser import mlflow_ui
 
@@ -89,7 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("docs/mlflow_compare.png"),
                     help="comparison PNG; the runs table goes to <stem>_runs.png beside it")
     ap.add_argument("--runs", type=int, default=2, help="how many of the latest evaluated runs to compare (>= 2)")
+    ap.add_argument("--model-card", metavar="NAME", help="instead: the newest version page of this registered model")
     args = ap.parse_args(argv)
+    if args.model_card:
+        with tempfile.TemporaryDirectory() as tmp, mlflow_ui(args.tracking_uri, Path(tmp) / "server.log") as base:
+            png, version = take_model_card(base, args.tracking_uri, args.model_card, args.out)
+        print(f"{args.model_card} v{version}: {png}")
+        return 0
     if args.runs < 2:
         ap.error("--runs must be at least 2 to compare")
     compared = latest_evaluated(args.tracking_uri, args.experiment, args.runs)
