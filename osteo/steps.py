@@ -259,6 +259,7 @@ def registry_log(cfg: Config) -> dict:
 
     return audit_log(cfg.registry)
 
+
 def screen(cfg: Config, input_dir: Path | None, out_dir: Path, model_uri: str | None = None,
            segmenter: str | None = None, rescreen: bool = False, batch_id: str | None = None, progress: bool = True,
            pacs_url: str | None = None, dask_address: str | None = None):
