@@ -40,7 +40,7 @@ from features.io.tables import RawExport, parse_date, read_raw_export
 from features.parallel import open_executor
 from features.pseudonym import Pseudonymizer, age_years, check_fingerprint, load_key
 from features.quarantine import QuarantineRecord, counts_by_reason, to_frame
-from features.roi import RoiSpec
+from features.roi import DESCRIPTOR_COLUMNS, RoiSpec
 from features.study import ExpectedIdentity, StudyChecks, StudyResult, StudyTask, process_study
 from features.workspace import holds_workspace_lock
 from osteo_config.compute import ComputeConfig
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 VERTEBRA_COLUMNS = ("patient_id", "study_id", "level", "level_name", "site", "scanner", "contrast", "ct_date",
                     "sex", "age_at_ct", "roi_path", "roi_sha256", "roi_shape", "spacing_mm", "hu_mean", "hu_std",
-                    "hu_p05", "hu_p50", "hu_p95", "body_voxels") + CALIBRATION_COLUMNS
+                    "hu_p05", "hu_p50", "hu_p95", "body_voxels") + DESCRIPTOR_COLUMNS + CALIBRATION_COLUMNS
 DXA_COLUMNS = ("patient_id", "dxa_id", "site", "device_vendor", "device_model", "dxa_date", "region", "level",
                "bmd_g_cm2", "t_score", "who_class")
 PATIENT_COLUMNS = ("patient_id", "sex", "birth_year", "site")
@@ -241,7 +241,8 @@ def run_ingest(cfg: IngestConfig, raw_dir: Path, out_dir: Path, profile: str,
                 sex=p["sex"], age_at_ct=safe_harbor_age(age_years(p["birth_date"], m["day"])),
                 roi_path=roi["roi_path"], roi_sha256=roi["roi_sha256"], roi_shape=list(cfg.roi_shape),
                 spacing_mm=[float(s) for s in cfg.spacing_mm],
-                **{k: roi[k] for k in ("hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95", "body_voxels")},
+                **{k: roi[k] for k in ("hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95", "body_voxels")
+                   + DESCRIPTOR_COLUMNS},
                 **res.calibration))
 
     rules = DxaRules(window_days=int(cfg.dxa_window_days), bmd_range=tuple(cfg.dxa_bmd_range),
@@ -284,7 +285,8 @@ def _write_tables(out_dir: Path, rows, dxa_rows, patient_rows, quarantine, summa
     vert["ct_date"] = pd.to_datetime(vert["ct_date"], utc=True).astype("datetime64[ns, UTC]")
     for col, dt in (("level", "int64"), ("contrast", "int64"), ("body_voxels", "int64")):
         vert[col] = vert[col].astype(dt)
-    for col in ("age_at_ct", "hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95") + CALIBRATION_COLUMNS[1:]:
+    for col in ("age_at_ct", "hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95") + DESCRIPTOR_COLUMNS \
+            + CALIBRATION_COLUMNS[1:]:
         vert[col] = vert[col].astype("float64")
     dxa = _frame(dxa_rows, DXA_COLUMNS, ["patient_id", "dxa_date", "level", "dxa_id"])
     dxa["dxa_date"] = pd.to_datetime(dxa["dxa_date"], utc=True).astype("datetime64[ns, UTC]")

@@ -74,7 +74,8 @@ class VertebraROI:
         level: ordinal level 1..18.
         hu: float32 (x, y, z) HU clipped to the window.
         body: uint8 (x, y, z) body mask.
-        stats: hu_mean, hu_std, hu_p05, hu_p50, hu_p95, body_voxels.
+        stats: hu_mean, hu_std, hu_p05, hu_p50, hu_p95, body_voxels, shell_hu and the DXA-like
+            descriptors of :func:`dxa_descriptors` (:data:`DESCRIPTOR_COLUMNS`).
     """
 
     level: int
@@ -262,11 +263,64 @@ def _label_boxes(labels: np.ndarray, max_label: int, wanted: list[int]) -> list[
     return [found[w - 1] if 1 <= w <= len(found) else None for w in wanted]
 
 
-def _stats(hu: np.ndarray, core: np.ndarray, body_voxels: int) -> dict[str, float]:
+def _stats(hu: np.ndarray, core: np.ndarray, body: np.ndarray) -> dict[str, float]:
     vals = hu[core].astype(np.float64)
     p05, p50, p95 = np.percentile(vals, [5, 50, 95])
+    shell = body & ~core & np.isfinite(hu)
     return dict(hu_mean=float(vals.mean()), hu_std=float(vals.std()), hu_p05=float(p05),
-                hu_p50=float(p50), hu_p95=float(p95), body_voxels=int(body_voxels))
+                hu_p50=float(p50), hu_p95=float(p95), body_voxels=int(body.sum()),
+                shell_hu=round(float(hu[shell].mean()) if shell.any() else float(vals.mean()), 3))
+
+
+def dxa_descriptors(hu: np.ndarray, vertebra: np.ndarray, body: np.ndarray,
+                    spacing: np.ndarray) -> dict[str, float]:
+    """What an antero-posterior DXA scan of this vertebra integrates, measured on the CT.
+
+    DXA reads areal BMD = bone mineral content / projected area over a box the width and height
+    of the vertebral body, in an AP projection: the mineral of the whole body (trabecular core,
+    cortical shell, endplates) **plus every posterior element that projects onto the box**
+    (pedicles, lamina, spinous process), divided by the body's projected area. So two vertebrae
+    of equal trabecular density read differently when their size or shell differ. On the CT:
+
+    * footprint = the body mask projected along y (AP) onto the coronal (x, z) plane: the DXA box;
+    * ``proj_hu_mm`` = mean over the footprint of the HU integrated along y through the **whole
+      vertebra label** (body and posterior elements), HU x mm: a CT "areal density" (water = 0;
+      marrow fat counts negative, as it lowers a DXA reading too). Outside the field of view
+      counts 0 (the screening quality flags mark partial coverage);
+    * ``proj_path_mm`` = mean over the footprint of the path length through the label along y (mm):
+      under an HU recalibration ``HU' = a HU + b``, ``proj_hu_mm' = a proj_hu_mm + b proj_path_mm``;
+    * ``proj_area_mm2`` = footprint area; ``body_height_mm`` = extent along z;
+      ``body_width_mm`` = area / height (mean left-right width); ``body_depth_mm`` = the
+      sagittal (y, z) projection's area / height (mean AP depth).
+
+    Args:
+        hu: (x, y, z) calibrated HU on the isotropic grid (NaN outside the field of view).
+        vertebra: (x, y, z) bool label of this vertebra (body + posterior elements), same grid.
+        body: (x, y, z) bool body mask, same grid.
+        spacing: (3,) voxel size in mm.
+
+    Returns:
+        The :data:`DESCRIPTOR_COLUMNS` values.
+    """
+    sx, sy, sz = (float(v) for v in spacing)
+    foot = body.any(axis=1)                                        # (x, z): the DXA box
+    height = float(body.any(axis=(0, 1)).sum()) * sz
+    area = float(foot.sum()) * sx * sz
+    depth = float(body.any(axis=0).sum()) * sy * sz / height
+    seen = vertebra & np.isfinite(hu)
+    column = np.where(seen, hu, 0.0).sum(axis=1, dtype=np.float64) * sy        # (x, z) HU mm
+    path = seen.sum(axis=1, dtype=np.float64) * sy                             # (x, z) mm
+    values = dict(proj_hu_mm=float(column[foot].mean()), proj_path_mm=float(path[foot].mean()), proj_area_mm2=area,
+                  body_height_mm=height, body_width_mm=area / height, body_depth_mm=depth)
+    return {k: round(v, DESCRIPTOR_DECIMALS) for k, v in values.items()}
+
+
+DESCRIPTOR_DECIMALS = 3   # mm / HU x mm to 1e-3: far below the voxel; no long digit strings in the tables
+DESCRIPTOR_COLUMNS: tuple[str, ...] = ("shell_hu", "proj_hu_mm", "proj_path_mm", "proj_area_mm2", "body_height_mm",
+                                       "body_width_mm", "body_depth_mm")
+"""Per-vertebra geometry and projection descriptors beside the texture pool (``vertebrae.parquet``)."""
+DESCRIPTOR_CHOICES: tuple[str, ...] = ("body_voxels",) + DESCRIPTOR_COLUMNS
+"""Every ``vertebrae.parquet`` column a model may read as a descriptor (``model.moe.descriptors``)."""
 
 
 def extract_rois(ct: Volume, levels: Volume, spec: RoiSpec, item: str,
@@ -345,6 +399,9 @@ def extract_rois(ct: Volume, levels: Volume, spec: RoiSpec, item: str,
                 "check the segmentation of this level (body too thin or cut by the field of view)"))
             continue
         hu = np.clip(np.where(fov, hu_raw, lo_w), lo_w, hi_w).astype(np.float32)
-        out.append(VertebraROI(level=level, hu=hu, body=body.astype(np.uint8),
-                               stats=_stats(hu_raw, core, int(body.sum()))))
+        vert_local = iso[crop] == level
+        hu_local = sample_grid(coeffs, ratio, b0 + kmin, vert_local.shape, order=spec.ct_spline_order, cval=np.nan,
+                               prefiltered=spec.ct_spline_order > 1)
+        stats = {**_stats(hu_raw, core, body), **dxa_descriptors(hu_local, vert_local, body_local, target)}
+        out.append(VertebraROI(level=level, hu=hu, body=body.astype(np.uint8), stats=stats))
     return out

@@ -29,7 +29,8 @@ features_app = typer.Typer(no_args_is_help=True,
 flow_app = typer.Typer(no_args_is_help=True, help="Prefect flows (embedded local mode by default).")
 train_app = typer.Typer(no_args_is_help=True,
                         help="Train the screening model (train.method): self-supervised pretraining, then fine-tuning.")
-experiments_app = typer.Typer(no_args_is_help=True, help="Comparisons across methods (the paper's ablation).")
+experiments_app = typer.Typer(no_args_is_help=True, help="Comparisons: across methods (the paper's ablation), "
+                                                             "across scanners (robustness to shift).")
 registry_app = typer.Typer(no_args_is_help=True,
                            help="MLflow model registry: promote through the gates, roll back, status, audit log.")
 app.add_typer(cohort_app, name="cohort")
@@ -192,6 +193,35 @@ def experiments_ablation(
         sd = f" ± {values.std():.1f}" if len(values) > 1 else ""
         typer.echo(f"  {arm:<20} test patient-level pooled F1 {values.mean():.1f}{sd} ({len(values)} seed(s))")
     typer.echo(f"table written to {out}")
+
+
+@experiments_app.command("robustness")
+def experiments_robustness(
+    ctx: typer.Context,
+    shifts: Optional[list[str]] = typer.Option(None, "--shift", help="Shift of robustness.shifts to run "
+                                               "(repeatable; default: all). The reference always runs."),
+    n_patients: Optional[int] = typer.Option(None, min=2, help="Patients per site (default robustness.n_patients)."),
+    out: Path = typer.Option(Path("docs/results.md"), help="Markdown file whose robustness table block is replaced."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Table as JSON (default <paths.metrics>/robustness.json)."),
+    work: Optional[Path] = typer.Option(None, help="Per-site work folders (default <paths.data>/robustness)."),
+    model_uri: Optional[str] = typer.Option(None, help="MLflow model URI (default models:/<registry.model_name>@champion)."),
+    keep_work: Optional[bool] = typer.Option(None, "--keep-work/--no-keep-work",
+                                             help="Keep each site's export, ROIs and pools (default robustness.keep_work)."),
+    no_tracking: bool = _NO_TRACK,
+) -> None:
+    """Scanner-shift sites (noise, HU slope/offset, PSF, slices, contrast; alone and combined) screened by the
+    champion, each vs site D re-simulated unshifted on the same patients -> docs/results.md, metrics/robustness.json."""
+    from screening.errors import ScreeningError
+    from screening.robustness_report import format_table
+
+    try:
+        record = _timed("robustness", steps.robustness, _cfg(ctx), shifts, n_patients, work, json_out, out,
+                        model_uri=model_uri, keep_work=keep_work, tracking=not no_tracking)
+    except (ScreeningError, ConfigError) as exc:
+        _fail(exc)
+    typer.echo(format_table(record))
+    typer.echo(f"table written to {out}; JSON {json_out or _cfg(ctx).paths.metrics / 'robustness.json'}; "
+               f"MLflow run {record.get('run_id') or '-'}")
 
 
 # --- evaluation and registry --------------------------------------------------------

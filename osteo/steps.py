@@ -179,6 +179,33 @@ def oracle_truth(cfg: Config):
     return truth.drop(columns="mrn")
 
 
+def robustness(cfg: Config, shifts: list[str] | None = None, n_patients: int | None = None,
+               work: Path | None = None, out_json: Path | None = None, out_md: Path | None = Path("docs/results.md"),
+               model_uri: str | None = None, keep_work: bool | None = None, tracking: bool = True,
+               progress: bool = True) -> dict:
+    """Scanner-shift sites screened by the champion vs the re-simulated base site (``screening.robustness``).
+
+    ``shifts`` picks named shifts of ``robustness.shifts`` (default all); ``n_patients`` / ``keep_work`` override
+    the section. Work folders default to ``<paths.data>/robustness``, the table to ``<paths.metrics>/robustness.json``.
+    """
+    import dataclasses
+
+    from screening.robustness import RobustnessInputs, run_robustness
+
+    rcfg = cfg.robustness.select(shifts)
+    if n_patients is not None:
+        rcfg = dataclasses.replace(rcfg, n_patients=int(n_patients))
+    if keep_work is not None:
+        rcfg = dataclasses.replace(rcfg, keep_work=bool(keep_work))
+    inputs = RobustnessInputs(robustness=rcfg, cohort=cfg.cohort, ingest=cfg.ingest, texture=cfg.texture,
+                              store=cfg.store, evaluate=cfg.evaluate, tracking=cfg.tracking,
+                              geometry=cfg.io_geometry(), model_name=cfg.registry.model_name, profile=cfg.profile,
+                              compute=cfg.compute)
+    return run_robustness(inputs, work or cfg.paths.data / "robustness",
+                          out_json or cfg.paths.metrics / "robustness.json", out_md, model_uri=model_uri,
+                          tracking=tracking, progress=progress)
+
+
 # --- evaluation and registry ------------------------------------------------------
 def evaluate(cfg: Config, tracking: bool = True) -> dict:
     """Evaluate the candidate on the test split with its stored threshold, paired with the champion when the

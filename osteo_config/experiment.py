@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from osteo_config.evaluate import EvaluateConfig
 from osteo_config.model import ModelConfig, TrainConfig
+from osteo_config.texture import GLCMSettings
 from osteo_config.tracking import TrackingConfig
 
 
@@ -33,6 +34,8 @@ class ExperimentSpec:
         run_params: the flattened params logged on the MLflow parent run.
         model_digest: hash of the ``model`` + ``train`` sections (checkpoint signature, ``params_hash`` tag).
         texture_digest: hash of the ``texture`` section (part of the data version).
+        glcm: the texture engine settings the pools were computed with (``texture:``, every field, not only
+            those ``geometry`` records): fine-tuning augmentation recomputes the maps with them.
         interval_level / drift_bins: what the serving references stored with the model are fitted at.
     """
 
@@ -48,5 +51,6 @@ class ExperimentSpec:
     run_params: Mapping[str, str]
     model_digest: str
     texture_digest: str
+    glcm: GLCMSettings
     interval_level: float = 0.90   # split-conformal coverage of the BMD interval stored with the model (screen.interval_level)
     drift_bins: int = 10           # quantile bins of the stored drift reference (screen.drift.bins)

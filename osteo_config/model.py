@@ -128,9 +128,12 @@ class MoEConfig:
     contrast_dropout: float = 0.1
     use_contrast: bool = True
     position_extra: float = 1.0
+    # vertebrae.parquet columns (features.roi.DESCRIPTOR_COLUMNS) fed beside the image embedding; () = none
+    descriptors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.n_experts >= 1 and self.n_levels >= 1, "model.moe n_experts and n_levels >= 1")
+        _check(len(set(self.descriptors)) == len(self.descriptors), "model.moe.descriptors lists a column twice")
         _check(0 <= self.vendor_dropout < 1 and 0 <= self.contrast_dropout < 1,
                "model.moe.vendor_dropout and contrast_dropout in [0, 1)")
         _check(self.position_extra >= 0, "model.moe.position_extra >= 0")
@@ -177,6 +180,35 @@ class BaselineConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Fine-tuning re-imaging (``model.augment``): ranges drawn uniformly per re-imaged vertebra and epoch.
+
+    ``p = 0`` (the default) is off. Units: slope dimensionless, offset / noise HU, FWHMs mm (extra blur
+    on top of the source scanner's, in quadrature). See :mod:`osteo_model.augment`.
+    """
+
+    p: float = 0.0                                           # probability a fine-tuning vertebra is re-imaged in an epoch
+    hu_slope: tuple[float, float] = (1.0, 1.0)               # HU' = slope x HU + offset
+    hu_offset_hu: tuple[float, float] = (0.0, 0.0)           # HU
+    noise_hu: tuple[float, float] = (0.0, 0.0)               # SD of the added white noise, HU
+    psf_fwhm_mm: tuple[float, float] = (0.0, 0.0)            # extra in-plane Gaussian PSF FWHM, mm
+    slice_fwhm_mm: tuple[float, float] = (0.0, 0.0)          # extra Gaussian slice profile FWHM along z, mm
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.p <= 1, f"model.augment.p={self.p}: a probability in [0, 1]")
+        for name in ("hu_slope", "hu_offset_hu", "noise_hu", "psf_fwhm_mm", "slice_fwhm_mm"):
+            r = getattr(self, name)
+            _check(len(r) == 2 and float(r[0]) <= float(r[1]), f"model.augment.{name}={r}: [low, high] with low <= high")
+        _check(self.hu_slope[0] > 0, f"model.augment.hu_slope={self.hu_slope}: slopes > 0")
+        _check(min(self.noise_hu[0], self.psf_fwhm_mm[0], self.slice_fwhm_mm[0]) >= 0,
+               "model.augment noise_hu, psf_fwhm_mm and slice_fwhm_mm >= 0 (extra noise and blur only)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.p > 0
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything that defines a model's architecture and losses (``model:`` section)."""
 
@@ -185,6 +217,7 @@ class ModelConfig:
     moe: MoEConfig = MoEConfig()
     companion: CompanionConfig = CompanionConfig()
     baselines: BaselineConfig = BaselineConfig()
+    augment: AugmentConfig = AugmentConfig()                 # fine-tuning re-imaging (p = 0: off)
     # (x, y, z) voxels the pool is trilinearly resampled to before the encoder; None = the pool's own grid.
     input_shape: tuple[int, int, int] | None = None
 
@@ -197,7 +230,7 @@ class ModelConfig:
         """Parse the merged params' ``model:`` section (missing sub-sections take defaults)."""
         sec = params.get("model") or {}
         parts = {"backbone": BackboneConfig, "swav": SwAVConfig, "moe": MoEConfig,
-                 "companion": CompanionConfig, "baselines": BaselineConfig}
+                 "companion": CompanionConfig, "baselines": BaselineConfig, "augment": AugmentConfig}
         unknown = set(sec) - set(parts) - {"input_shape"}
         if unknown:
             raise ModelConfigError(f"model: unknown sub-sections {sorted(unknown)}; valid: {sorted(parts)} + input_shape")

@@ -26,6 +26,7 @@ from osteo_config.ingest import IngestConfig
 from osteo_config.model import ModelConfig, TrainConfig
 from osteo_config.params import DEFAULT_PARAMS, deep_merge, load_params, params_hash
 from osteo_config.registry import GatesConfig, RegistryConfig
+from osteo_config.robustness import RobustnessConfig
 from osteo_config.screen import ScreenConfig
 from osteo_config.splits import SplitConfig
 from osteo_config.store import FeatureStoreConfig
@@ -137,6 +138,7 @@ class Config:
     gates: GatesConfig
     screen: ScreenConfig
     compute: ComputeConfig
+    robustness: RobustnessConfig
     values: Mapping[str, Any] = field(repr=False, compare=False)   # merged params, read-only: hashing/logging only
     source: Path = DEFAULT_PARAMS
 
@@ -153,7 +155,8 @@ class Config:
                    evaluate=EvaluateConfig.from_params(params), tracking=TrackingConfig.from_params(params),
                    registry=RegistryConfig.from_params(params), gates=GatesConfig.from_params(params),
                    screen=ScreenConfig.from_params(params),
-                   compute=ComputeConfig.from_params(params), values=_freeze(params), source=Path(source))
+                   compute=ComputeConfig.from_params(params), robustness=RobustnessConfig.from_params(params),
+                   values=_freeze(params), source=Path(source))
 
     def as_dict(self) -> dict[str, Any]:
         """The merged params as plain data (a copy), for the shell: printing them, Prefect settings."""
@@ -198,6 +201,7 @@ class Config:
                               profile=self.profile, seed=int(train.get("seed", self.finetune.seed)),
                               geometry=_freeze(self.io_geometry()), run_params=_freeze(self.tracked_params()),
                               model_digest=self.digest("model", "train"), texture_digest=self.digest("texture"),
+                              glcm=self.texture.glcm,
                               interval_level=self.screen.interval_level, drift_bins=self.screen.drift.bins)
 
 

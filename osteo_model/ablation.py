@@ -47,6 +47,8 @@ ARMS: dict[str, tuple[str, dict[str, Any], str]] = {
     "tp_swav": ("tp_swav", {}, "TP-SwAV pretraining; MoE + unified loss (full model)"),
     "tp_swav_class_only": ("tp_swav", {"model": {"moe": {"class_only": True}}}, "TP-SwAV; MoE; class-only loss"),
     "tp_swav_no_moe": ("tp_swav", {"model": {"moe": {"use_moe": False}}}, "TP-SwAV; one expert, no device; unified"),
+    "tp_swav_no_descriptors": ("tp_swav", {"model": {"moe": {"descriptors": []}}},
+                               "TP-SwAV; MoE + unified; image only (no size / shell / AP-projection descriptors)"),
     "selftrain": ("selftrain", {}, "paper 002 on the TP-SwAV encoder: pseudo-BMD rounds + adaptive triplet"),
     "screening": ("screening", {}, "paper 003 on the TP-SwAV encoder: screening/severity/T-score heads"),
     "l1_hu_110": ("l1_hu", {"model": {"baselines": {"l1_hu_thresholds": [110]}}}, "L1 HU <= 110 (specific rule)"),
@@ -104,13 +106,15 @@ def markdown_table(tidy: pd.DataFrame, arms: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def write_table(out_md: Path, table_md: str, header: str) -> None:
-    """Replace the block between the markers of ``out_md`` (created with a title when missing)."""
+def write_table(out_md: Path, table_md: str, header: str, markers: tuple[str, str] = (BEGIN, END)) -> None:
+    """Replace the block between ``markers`` (the ablation's by default) of ``out_md`` (created with a title
+    when missing; the block is appended when the markers are not there yet)."""
     out_md = Path(out_md)
+    begin, end = markers
     text = out_md.read_text() if out_md.is_file() else "# Results\n\n"
-    block = f"{BEGIN}\n{header}\n\n{table_md}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    block = f"{begin}\n{header}\n\n{table_md}\n{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     out_md.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ when labeled, dxa rows; see docs/data_contract.md §2-3). Columns used:
 | ``who_class`` | no | 0/1/2 (missing -> -1) |
 | ``bmd_g_cm2`` | no | areal BMD (missing -> NaN) |
 | ``t_score`` | no | DXA T-score (missing -> NaN) |
+| descriptors | with ``descriptors`` | the ``model.moe.descriptors`` columns of vertebrae.parquet (``features.roi.dxa_descriptors``), finite, never imputed |
 
 Items are dicts of tensors so the default collate works with DataLoader
 workers; the dataset holds no open file handles (each worker re-opens files).
@@ -25,6 +26,15 @@ prepared (normalised, resampled) pools in memory after their first read, which
 makes every epoch after the first free of disk I/O (per process; with
 ``train.num_workers > 0`` the loader's workers are persistent, so each worker's
 cache survives the epochs, see :func:`osteo_model.train.fit`).
+
+``augment`` (``model.augment``, fine-tuning only): with probability ``p`` per item and epoch the raw
+pool is re-imaged as another scanner would have produced it and its maps recomputed
+(:mod:`osteo_model.augment`), then normalised and resampled like any pool. The draw is a pure
+function of ``(seed, epoch, row)``: such a dataset is ``epoch_keyed``, :func:`osteo_model.train.fit`
+feeds it keys ``row + epoch * len(dataset)``, so a resumed run and every DataLoader worker draw
+exactly the augmentations of an uninterrupted run. With ``cache`` it keeps each row's raw HU and
+body mask beside the prepared pool (a re-imaged item is never cached). A plain integer ``row`` is
+epoch 0.
 """
 from __future__ import annotations
 
@@ -38,9 +48,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from osteo_config.model import UnknownVendorError, device_index
+from osteo_config.model import AugmentConfig, UnknownVendorError, device_index
+from osteo_config.texture import GLCMSettings
+from osteo_model.augment import check_fill_value, draw_reimaging, pool_mask, reimaged_pool
 from osteo_model.config import POOL_CHANNELS
-from osteo_model.errors import PoolIntegrityError
+from osteo_model.errors import AugmentationError, DescriptorInputError, PoolIntegrityError
 from osteo_model.moe import contrast_index
 from osteo_model.norm import ChannelNorm
 
@@ -53,6 +65,27 @@ def resample_pool(pool: np.ndarray, shape: Sequence[int] | None) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(pool, dtype=np.float32))[None]        # (1, C, X, Y, Z)
     out = F.interpolate(t, size=tuple(int(v) for v in shape), mode="trilinear", align_corners=False)
     return out[0].numpy()                                                              # (C, *shape)
+
+
+def descriptor_matrix(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """(rows, k) float32 of the descriptor columns ``names`` (``model.moe.descriptors``).
+
+    Raises:
+        DescriptorInputError: a column is missing or a value is not finite (named with the vertebrae;
+            never imputed: re-run ingestion, which writes them for every vertebra).
+    """
+    missing = [c for c in names if c not in frame.columns]
+    if missing:
+        raise DescriptorInputError(f"the vertebra table lacks the descriptor columns {missing} the model uses "
+                                   "(model.moe.descriptors): re-run `osteo ingest` (features.roi.dxa_descriptors)")
+    values = frame[list(names)].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        keys = [c for c in ("patient_id", "study_id", "level") if c in frame.columns]
+        where = frame.loc[bad, keys].head(3).to_dict("records") if keys else int(bad.sum())
+        raise DescriptorInputError(f"{int(bad.sum())} vertebrae have a missing or non-finite descriptor "
+                                   f"({list(names)}), e.g. {where}: re-run `osteo ingest`")
+    return values.astype(np.float32)
 
 
 def _flag(row: pd.Series, key: str) -> int | None:
@@ -76,6 +109,12 @@ class TexturePoolDataset(Dataset):
         verify: check ``pool_sha256`` the first time each file is read (per worker process).
         input_shape: (x, y, z) grid the normalised pool is resampled to (None: keep the file's grid).
         cache: keep prepared pools in memory after the first read (per process).
+        descriptors: ``model.moe.descriptors`` columns added to each item as ``descriptors``.
+        augment: ``model.augment`` (None or ``p = 0``: off); needs ``glcm`` and ``spacing_mm``.
+        glcm: the texture engine settings the pools were made with (``texture:``).
+        spacing_mm: the pools' voxel size (``ingest.spacing_mm``).
+        hu_window: ``ingest.hu_window``, the clip of re-imaged HU (None: no clip).
+        seed: with ``(epoch, row)`` seeds each item's draw (``train.seed``).
 
     Each item: ``pool`` (C, X, Y, Z) float32, ``device`` long, ``contrast`` long, ``who_class``
     long (-1 unknown), ``bmd`` float (NaN unknown), ``t_score`` float (NaN
@@ -84,7 +123,10 @@ class TexturePoolDataset(Dataset):
 
     def __init__(self, frame: pd.DataFrame, root: Path, norm: ChannelNorm | None = None,
                  device_vendors: Sequence[str] = ("Hologic", "GE Lunar", "MEDIX"), verify: bool = False,
-                 input_shape: Sequence[int] | None = None, cache: bool = False) -> None:
+                 input_shape: Sequence[int] | None = None, cache: bool = False,
+                 descriptors: Sequence[str] = (), augment: AugmentConfig | None = None,
+                 glcm: GLCMSettings | None = None, spacing_mm: Sequence[float] | None = None,
+                 hu_window: Sequence[float] | None = None, seed: int = 0) -> None:
         if "pool_path" not in frame.columns:
             raise KeyError("frame needs a 'pool_path' column (texture.parquet); join it before building the dataset")
         self.frame = frame.reset_index(drop=True)
@@ -96,6 +138,22 @@ class TexturePoolDataset(Dataset):
         self.input_shape = None if input_shape is None else tuple(int(v) for v in input_shape)
         self.cache = cache
         self._cache: dict[int, np.ndarray] = {}
+        self.descriptors = tuple(descriptors)
+        self._desc = descriptor_matrix(self.frame, self.descriptors) if self.descriptors else None
+        self.augment = augment if augment is not None and augment.enabled else None
+        # a re-imaged scan changes the HU-linear descriptors exactly as ingestion would have measured them
+        self._path = (descriptor_matrix(self.frame, ["proj_path_mm"])[:, 0]
+                      if self.augment is not None and "proj_hu_mm" in self.descriptors else None)
+        if self.augment is not None and (glcm is None or spacing_mm is None):
+            raise AugmentationError("model.augment.p > 0 needs the texture settings (glcm) and the pools' spacing_mm "
+                                    "to recompute the maps: pass spec.glcm and spec.geometry['spacing_mm']")
+        if self.augment is not None:
+            check_fill_value(glcm.fill_value)
+        self.glcm = glcm
+        self.spacing_mm = None if spacing_mm is None else tuple(float(v) for v in spacing_mm)
+        self.hu_window = None if hu_window is None else tuple(float(v) for v in hu_window)
+        self.seed = int(seed)
+        self._raw: dict[int, tuple[np.ndarray, np.ndarray]] = {}    # row -> (HU (X, Y, Z), body mask), augmenting
         if "device_vendor" in self.frame.columns:
             bad = self.frame["device_vendor"].dropna()
             bad = bad[~bad.isin([*self.device_vendors, "unknown"])]
@@ -128,16 +186,66 @@ class TexturePoolDataset(Dataset):
             self._verified.add(str(path))
         return pool.astype(np.float32, copy=False)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    @property
+    def epoch_keyed(self) -> bool:
+        """True when items depend on the epoch (augmentation on): keys are ``row + epoch * len(self)``."""
+        return self.augment is not None
+
+    @property
+    def multiprocessing_context(self) -> str | None:
+        """``spawn`` when augmenting: the maps are recomputed with numba, whose GNU OpenMP thread pool kills a
+        forked child of a process that already used it ("fork() called from a process already using GNU
+        OpenMP"); fresh worker processes are safe whatever the parent ran. None: the loader's default."""
+        return "spawn" if self.augment is not None else None
+
+    def item_rng(self, epoch: int, i: int) -> np.random.Generator:
+        """The generator of row ``i``'s augmentation draw in ``epoch``: a function of (seed, epoch, row) only."""
+        return np.random.default_rng([self.seed % 2**63, int(epoch), int(i)])
+
+    def _prepare(self, raw: np.ndarray) -> np.ndarray:
+        pool = raw if self.norm is None else self.norm.transform(raw)
+        return resample_pool(pool, self.input_shape)               # (5, *input_shape)
+
+    def _descriptors(self, i: int, draw) -> np.ndarray:
+        """Row ``i``'s descriptors; under a re-imaging draw HU' = a HU + b, the HU-linear ones follow it:
+        ``shell_hu' = a shell_hu + b`` and ``proj_hu_mm' = a proj_hu_mm + b proj_path_mm``
+        (:func:`features.roi.dxa_descriptors`); sizes do not change, and blur and zero-mean noise leave
+        these means unchanged to first order."""
+        d = self._desc[i]
+        if draw is None or (draw.hu_slope == 1.0 and draw.hu_offset_hu == 0.0):
+            return d
+        d = d.copy()
+        a, b = np.float32(draw.hu_slope), np.float32(draw.hu_offset_hu)
+        for k, name in enumerate(self.descriptors):
+            if name == "shell_hu":
+                d[k] = a * d[k] + b
+            elif name == "proj_hu_mm":
+                d[k] = a * d[k] + b * self._path[i]
+        return d
+
+    def _hu_mask(self, i: int, raw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Row ``i``'s raw HU (X, Y, Z) and the body mask recovered from its maps (cached with ``cache``)."""
+        hit = self._raw.get(i)
+        if hit is None:
+            raw = self.load_pool(i) if raw is None else raw
+            hit = (np.ascontiguousarray(raw[0]), pool_mask(raw, self.glcm.fill_value))
+            if self.cache:                                         # what a re-imaging needs, not the maps
+                self._raw[i] = hit
+        return hit
+
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+        epoch, i = divmod(int(key), len(self)) if self.epoch_keyed else (0, int(key))
         row = self.frame.iloc[i]
-        pool = self._cache.get(i)
+        pool, raw = self._cache.get(i), None
         if pool is None:
-            pool = self.load_pool(i)                               # (5, X, Y, Z)
-            if self.norm is not None:
-                pool = self.norm.transform(pool)
-            pool = resample_pool(pool, self.input_shape)           # (5, *input_shape)
+            raw = self.load_pool(i)                                # (5, X, Y, Z)
+            pool = self._prepare(raw)
             if self.cache:
                 self._cache[i] = pool
+        draw = None if self.augment is None else draw_reimaging(self.augment, self.item_rng(epoch, i))
+        if draw is not None:
+            hu, mask = self._hu_mask(i, raw)
+            pool = self._prepare(reimaged_pool(hu, mask, self.spacing_mm, draw, self.glcm, self.hu_window))
         vendor = row.get("device_vendor")
         device = device_index(self.device_vendors, vendor)
         return {
@@ -149,6 +257,7 @@ class TexturePoolDataset(Dataset):
             "t_score": torch.tensor(_num(row, "t_score", float("nan")), dtype=torch.float32),
             "level": torch.tensor(int(_num(row, "level", 0)), dtype=torch.long),
             "index": torch.tensor(i, dtype=torch.long),
+            **({} if self._desc is None else {"descriptors": torch.from_numpy(self._descriptors(i, draw))}),
         }
 
     def iter_raw_pools(self):

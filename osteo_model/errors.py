@@ -56,3 +56,15 @@ class PoolIntegrityError(ModelError):
 
 class NotFittedError(ModelError):
     """A normaliser or baseline was used before ``fit``."""
+
+
+class DescriptorInputError(ModelError, ValueError):
+    """A vertebra lacks a descriptor the model was trained with (``model.moe.descriptors``), or it is not finite."""
+
+
+class AugmentationError(ModelError, ValueError):
+    """Fine-tuning augmentation (``model.augment``) cannot run as configured (the message says what is missing)."""
+
+
+class AmbiguousFillValueError(AugmentationError):
+    """``texture.fill_value`` >= 1 (or NaN): an in-mask Autocorrelation can equal it, so a pool's mask is ambiguous."""

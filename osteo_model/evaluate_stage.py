@@ -84,7 +84,10 @@ def read_test_predictions(path: Path) -> pd.DataFrame:
 
 
 def vertebra_table(pred: pd.DataFrame, test_frame: pd.DataFrame, root: Path) -> pd.DataFrame:
-    """``pool_uri`` (absolute) + ``device_vendor`` of each predicted test vertebra, in ``pred``'s row order.
+    """``pool_uri`` (absolute) + ``device_vendor``, ``contrast`` and the descriptor columns
+    (:data:`features.roi.DESCRIPTOR_CHOICES` present in the frame; a champion reads those it was trained with)
+    of each predicted test vertebra, in ``pred``'s row order: the champion is scored on the inputs the
+    candidate was scored on.
 
     Raises:
         EvaluationError: a predicted vertebra is not in the current test frame (the data changed since training).
@@ -96,8 +99,10 @@ def vertebra_table(pred: pd.DataFrame, test_frame: pd.DataFrame, root: Path) -> 
                               "test frame: the data changed since training; retrain (`osteo train finetune`)")
     rows = frame.loc[pred["vertebra_id"]]
     vendor = rows["device_vendor"] if "device_vendor" in rows.columns else pd.Series(None, index=rows.index)
+    from features.roi import DESCRIPTOR_CHOICES
+    extra = {c: rows[c].to_numpy() for c in ("contrast", *DESCRIPTOR_CHOICES) if c in rows.columns}
     return pd.DataFrame({"pool_uri": [str((Path(root) / p).resolve()) for p in rows["pool_path"]],
-                         "device_vendor": vendor.to_numpy()}, index=pred.index)
+                         "device_vendor": vendor.to_numpy(), **extra}, index=pred.index)
 
 
 def artifact_location(model_uri: str, tracking_uri: str) -> str:

@@ -73,6 +73,13 @@ def assemble_frames(paths: DataPaths) -> Frames:
     train_patients = set(splits.loc[splits["split"] == "train", "patient_id"])
     pretrain = texture[texture["patient_id"].isin(train_patients)].reset_index(drop=True)
     pretrain["vertebra_id"] = vertebra_id(pretrain)
+    if Path(paths.vertebrae).is_file():      # unlabelled rows join fine-tuning (L_position): they need the descriptors too
+        import pyarrow.parquet as pq
+        from features.roi import DESCRIPTOR_CHOICES
+        have = [c for c in DESCRIPTOR_CHOICES if c in pq.read_schema(paths.vertebrae).names and c not in pretrain.columns]
+        if have:
+            desc = pd.read_parquet(paths.vertebrae, columns=["study_id", "level", *have])
+            pretrain = pretrain.merge(desc, on=["study_id", "level"], how="left", validate="many_to_one")
     vendor = table.groupby("patient_id")["device_vendor"].first()          # the patient's DXA device
     pretrain["device_vendor"] = pretrain["patient_id"].map(vendor)
     parts = {s: table[table["split"] == s].reset_index(drop=True) for s in ("train", "valid", "test")}

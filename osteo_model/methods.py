@@ -132,9 +132,12 @@ def _mirrored_bmd(model: torch.nn.Module, norm: Any, frame: pd.DataFrame, root: 
 
     from osteo_model.data import TexturePoolDataset
     from osteo_model.moe import decode_outputs
-    ds = TexturePoolDataset(frame, root, norm, device_vendors=mcfg.moe.device_vendors, input_shape=mcfg.input_shape)
+    ds = TexturePoolDataset(frame, root, norm, device_vendors=mcfg.moe.device_vendors, input_shape=mcfg.input_shape,
+                            descriptors=mcfg.moe.descriptors)
     out = []
     for batch in DataLoader(ds, batch_size=32):
         pool = torch.flip(batch["pool"], dims=[2])                             # (B, 5, X, Y, Z), x mirrored
-        out.append(decode_outputs(model(pool, batch["device"], contrast=batch["contrast"]), mcfg.moe)["bmd_g_cm2"].numpy())
+        # the descriptors (sizes, AP projection) do not change under a left-right mirror
+        out.append(decode_outputs(model(pool, batch["device"], contrast=batch["contrast"],
+                                        descriptors=batch.get("descriptors")), mcfg.moe)["bmd_g_cm2"].numpy())
     return np.concatenate(out)

@@ -14,6 +14,13 @@ Departures from the paper, each explicit:
   flag (0 no, 1 yes, 2 unknown) is added to P_I before the experts and the gate, as
   D_I is added for the gate: contrast raises trabecular HU by ~15-20 HU, a shift the
   network must not read as denser bone.
+* **Descriptors** (``descriptors``, issue 11.2): what an AP DXA scan integrates and the
+  texture pool cannot show — the body's size and shell and the HU projected through the
+  whole vertebra, posterior elements included (:func:`features.roi.dxa_descriptors`).
+  Standardised with the training split's mean/SD (buffers in the state dict), mapped
+  by a 2-layer MLP G_I and added to P_I like C_I. DXA aBMD = BMC / projected area:
+  without them the model sees only the density of the trabecular core, which caps its
+  BMD correlation near that of trabecular vBMD with DXA (docs/results.md).
 * **Unknown device / contrast** rows are trained by dropout (``vendor_dropout``,
   ``contrast_dropout``): each training vertebra's index is replaced by "unknown" with
   that probability (a deterministic function of seed, step and dataset index, so DDP
@@ -36,12 +43,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from osteo_model.backbones import Encoder
 from osteo_model.config import MoEConfig
+from osteo_model.errors import DescriptorInputError
 
 OSTEOPOROSIS = 2  # who_class of osteoporosis; the class head predicts who_class == 2 (METHOD.md §4)
 
@@ -83,6 +92,13 @@ class MoEHead(nn.Module):
         if cfg.use_contrast:
             self.contrast_embed = nn.Embedding(N_CONTRAST, embed_dim)         # C_I
             nn.init.normal_(self.contrast_embed.weight, std=0.1)
+        if cfg.descriptors:
+            k = len(cfg.descriptors)
+            # standardisation of the raw descriptors, fitted on the training split (set_descriptor_stats);
+            # buffers, so they travel in the state dict with the weights
+            self.register_buffer("desc_mean", torch.zeros(k))
+            self.register_buffer("desc_std", torch.ones(k))
+            self.desc_mlp = nn.Sequential(nn.Linear(k, embed_dim), nn.ReLU(), nn.Linear(embed_dim, embed_dim))  # G_I
         self.experts = nn.ModuleList(
             nn.Sequential(nn.Linear(embed_dim, cfg.expert_hidden), nn.ReLU()) for _ in range(n_experts)
         )
@@ -90,12 +106,29 @@ class MoEHead(nn.Module):
         self.bmd_head = nn.Linear(cfg.expert_hidden, 1)
         self.level_head = nn.Linear(cfg.expert_hidden, cfg.n_levels)
 
+    def set_descriptor_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Standardisation of the descriptors (training-split mean and SD per column; SD 0 -> 1)."""
+        std = np.where(np.asarray(std, dtype=np.float64) > 0, std, 1.0)
+        self.desc_mean.copy_(torch.as_tensor(np.asarray(mean, dtype=np.float32)))
+        self.desc_std.copy_(torch.as_tensor(np.asarray(std, dtype=np.float32)))
+
     def forward(self, p_i: torch.Tensor, device: torch.Tensor,
-                contrast: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Args: p_i (B, E) image embedding; device (B,) vendor indices; contrast (B,) indices (None: unknown).
+                contrast: torch.Tensor | None = None, descriptors: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Args: p_i (B, E) image embedding; device (B,) vendor indices; contrast (B,) indices (None: unknown);
+        descriptors (B, k) raw ``cfg.descriptors`` values (required when the model has descriptors).
 
         Returns logits, BMD z and gates.
+
+        Raises:
+            DescriptorInputError: the model was trained with descriptors and none were given.
         """
+        if self.cfg.descriptors:
+            if descriptors is None or descriptors.shape[-1] != len(self.cfg.descriptors):
+                raise DescriptorInputError(
+                    f"this model needs the descriptors {list(self.cfg.descriptors)} per vertebra (vertebrae.parquet "
+                    f"columns written by ingestion), got {None if descriptors is None else tuple(descriptors.shape)}")
+            z = (descriptors.to(p_i.dtype) - self.desc_mean) / self.desc_std
+            p_i = p_i + self.desc_mlp(z)                                      # (B, E)
         if self.cfg.use_contrast:
             if contrast is None:
                 contrast = torch.full_like(device, UNKNOWN_CONTRAST)
@@ -123,10 +156,11 @@ class MultiTaskModel(nn.Module):
         self.head = MoEHead(encoder.embed_dim, cfg)
 
     def forward(self, pool: torch.Tensor, device: torch.Tensor, channel_ids: torch.Tensor | None = None,
-                contrast: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Args: pool (B, 5, X, Y, Z) normalised; device (B,); contrast (B,). Returns the head outputs plus ``embedding``."""
+                contrast: torch.Tensor | None = None, descriptors: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Args: pool (B, 5, X, Y, Z) normalised; device (B,); contrast (B,); descriptors (B, k) raw.
+        Returns the head outputs plus ``embedding``."""
         p_i = self.encoder(pool, channel_ids)                                  # (B, E)
-        return {**self.head(p_i, device, contrast), "embedding": p_i}
+        return {**self.head(p_i, device, contrast, descriptors), "embedding": p_i}
 
 
 def unit_hash(index: torch.Tensor, step: int, seed: int, salt: int = 0) -> torch.Tensor:
@@ -238,7 +272,7 @@ class MultiTaskObjective:
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         device, contrast = self.inputs(batch, step)
-        out = model(batch["pool"], device, contrast=contrast)
+        out = model(batch["pool"], device, contrast=contrast, descriptors=batch.get("descriptors"))
         total, parts = unified_loss(out, batch["who_class"], batch["bmd"], batch["level"],
                                     self.weights, self.cfg.bmd_center, self.cfg.bmd_scale)
         for name, term in self.extra_terms(out, batch).items():

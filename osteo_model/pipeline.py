@@ -33,7 +33,7 @@ from osteo_model.backbones import build_backbone
 
 from osteo_model.companion import ScreeningModel, ScreeningObjective, adaptive_triplet_loss, batch_triplets
 from osteo_model.config import POOL_CHANNELS, BackboneConfig, CompanionConfig, ModelConfig, MoEConfig, TrainConfig
-from osteo_model.data import TexturePoolDataset
+from osteo_model.data import TexturePoolDataset, descriptor_matrix
 from osteo_model.moe import MultiTaskModel, MultiTaskObjective, decode_outputs, unified_loss
 from osteo_model.norm import ChannelNorm
 from osteo_model.operating_point import OperatingPoint, operating_point_path
@@ -80,10 +80,28 @@ def _digest(spec: ExperimentSpec, tag: str) -> str:
     return f"{tag}:{spec.model_digest}"
 
 
-def _dataset(frame: pd.DataFrame, root: Path, norm: ChannelNorm, mcfg: ModelConfig, cache: bool = True) -> TexturePoolDataset:
-    """Training dataset: normalised, resampled to ``model.input_shape``, cached after the first epoch."""
+def _dataset(frame: pd.DataFrame, root: Path, norm: ChannelNorm, mcfg: ModelConfig, cache: bool = True,
+             descriptors: bool = True, augmentation: Mapping[str, Any] | None = None) -> TexturePoolDataset:
+    """Training dataset: normalised, resampled to ``model.input_shape``, cached after the first epoch; with the
+    ``model.moe.descriptors`` columns when ``descriptors`` (fine-tuning; pretraining sees pools only) and the
+    re-imaging of :func:`finetune_augmentation` when given."""
     return TexturePoolDataset(frame, root, norm, device_vendors=mcfg.moe.device_vendors,
-                              input_shape=mcfg.input_shape, cache=cache)
+                              input_shape=mcfg.input_shape, cache=cache,
+                              descriptors=mcfg.moe.descriptors if descriptors else (), **(augmentation or {}))
+
+
+def finetune_augmentation(spec: ExperimentSpec) -> dict[str, Any]:
+    """:class:`TexturePoolDataset` arguments of ``model.augment`` (physics re-imaging, :mod:`osteo_model.augment`).
+
+    Fine-tuning training sets only: never validation, test or prediction sets (a threshold or a metric
+    must see the scans as they are), and not pretraining: TP-SwAV / SwAV views have their own
+    augmentation (crops, flips, HU view noise; ``model.swav``) and the swapped-assignment objective
+    needs two views of the same pool, which one re-imaging per item would not give. The maps are
+    recomputed with the settings the pools were made with (``spec.glcm``) on the ingest grid.
+    """
+    g = spec.geometry
+    return {"augment": spec.model.augment, "glcm": spec.glcm, "spacing_mm": tuple(g["spacing_mm"]),
+            "hu_window": tuple(g["hu_window"]), "seed": spec.finetune.seed}
 
 
 def check_queue(n_prototypes: int, queue_length: int, batch_size: int) -> None:
@@ -126,7 +144,7 @@ def run_pretrain(spec: ExperimentSpec, frame: pd.DataFrame, interim_dir: Path, o
     mcfg, tcfg = spec.model, spec.pretrain
     check_queue(mcfg.swav.n_prototypes, mcfg.swav.queue_length, tcfg.batch_size)
     norm = ChannelNorm.fit(TexturePoolDataset(frame, interim_dir).iter_raw_pools())
-    dataset = _dataset(frame, interim_dir, norm, mcfg)
+    dataset = _dataset(frame, interim_dir, norm, mcfg, descriptors=False)
     seed_everything(tcfg.seed)
     model = SwAVModel(build_backbone(mcfg.backbone), mcfg.swav)
     objective = SwAVObjective(mcfg.swav, method, tcfg.seed, hu_std=norm.std[0])
@@ -150,6 +168,7 @@ def run_finetune(spec: ExperimentSpec, train_frame: pd.DataFrame, interim_dir: P
     otherwise it is fitted on ``train_frame``. ``objective`` replaces the Eq. 4 loss (e.g. Eq. 4 + the
     adaptive triplet term of paper 002). ``position_frame`` (the pretraining set's unlabelled vertebrae)
     supplies ``model.moe.position_extra`` x len(train_frame) rows for L_position (:func:`position_rows`).
+    Every training row is re-imaged with probability ``model.augment.p`` per epoch (:func:`finetune_augmentation`).
     The operating point is chosen by the caller on validation data
     (:func:`osteo_model.operating_point.choose_operating_point`) and stored beside ``model.pt``.
     """
@@ -159,9 +178,12 @@ def run_finetune(spec: ExperimentSpec, train_frame: pd.DataFrame, interim_dir: P
             else ChannelNorm.fit(TexturePoolDataset(train_frame, interim_dir).iter_raw_pools()))
     extra = position_rows(position_frame, len(train_frame), mcfg.moe.position_extra, tcfg.seed)
     frame = pd.concat([train_frame, extra], ignore_index=True) if len(extra) else train_frame
-    dataset = _dataset(frame, interim_dir, norm, mcfg)
+    dataset = _dataset(frame, interim_dir, norm, mcfg, augmentation=finetune_augmentation(spec))
     seed_everything(tcfg.seed)
     model = MultiTaskModel(build_backbone(mcfg.backbone), mcfg.moe)
+    if mcfg.moe.descriptors:                                 # standardised on the fine-tuning rows
+        d = descriptor_matrix(frame, mcfg.moe.descriptors)
+        model.head.set_descriptor_stats(d.mean(axis=0), d.std(axis=0))
     if init:
         model.encoder.load_state_dict(init["encoder"])       # raises on an architecture mismatch
     tag = f"finetune:{init['method'] if init else 'scratch'}"
@@ -209,7 +231,9 @@ def run_screening(spec: ExperimentSpec, train_frame: pd.DataFrame, interim_dir: 
     if init:
         model.encoder.load_state_dict(init["encoder"])
     tag = f"screening:{init['method'] if init else 'scratch'}"
-    res = fit(model, ScreeningObjective(mcfg.companion.tscore_weight), _dataset(train_frame, interim_dir, norm, mcfg),
+    res = fit(model, ScreeningObjective(mcfg.companion.tscore_weight),
+              _dataset(train_frame, interim_dir, norm, mcfg, descriptors=False,   # paper 003's heads read the image only
+                       augmentation=finetune_augmentation(spec)),
               tcfg, Path(out_dir), params_digest=_digest(spec, tag), extra_state={"norm": norm.state_dict()},
               log_metrics=log_metrics, resume=resume)
     bundle = Path(out_dir) / "screening.pt"
@@ -281,13 +305,16 @@ def predict_frame(model: MultiTaskModel, norm: ChannelNorm, frame: pd.DataFrame,
         UnknownVendorError: a vendor that is neither in ``moe_cfg.device_vendors`` nor ``"unknown"``.
     """
     rows = frame if vendor is None else frame.assign(device_vendor=vendor)
-    ds = TexturePoolDataset(rows, interim_dir, norm, device_vendors=moe_cfg.device_vendors, input_shape=input_shape)
+    ds = TexturePoolDataset(rows, interim_dir, norm, device_vendors=moe_cfg.device_vendors, input_shape=input_shape,
+                            descriptors=moe_cfg.descriptors)
     dev = resolve_device(device)
     was_training = model.training
     model.to(dev).eval()
     parts: dict[str, list[np.ndarray]] = {"score": [], "bmd_pred": [], "level_pred": [], "gate": []}
     for batch in DataLoader(ds, batch_size=batch_size, shuffle=False):
-        out = model(batch["pool"].to(dev), batch["device"].to(dev), contrast=batch["contrast"].to(dev))
+        desc = batch.get("descriptors")
+        out = model(batch["pool"].to(dev), batch["device"].to(dev), contrast=batch["contrast"].to(dev),
+                    descriptors=None if desc is None else desc.to(dev))
         dec = decode_outputs(out, moe_cfg)
         parts["score"].append(dec["score"].cpu().numpy())
         parts["bmd_pred"].append(dec["bmd_g_cm2"].cpu().numpy())

@@ -4,7 +4,8 @@ The logged model (:class:`ScreeningPyfunc`) takes either float32 texture pools
 (B, 5, X, Y, Z) in raw units (HU + the 4 GLCM maps of the data contract §3, any
 grid: the model normalises and resamples to ``model.input_shape``) or a vertebra
 table with a ``pool_uri`` column (absolute path of each pool .npy) and an optional
-per-row ``device_vendor`` and ``contrast`` (0/1); param ``device_vendor`` (default
+per-row ``device_vendor`` and ``contrast`` (0/1) and, for a model with
+descriptors (``model.moe.descriptors``), those columns; param ``device_vendor`` (default
 ``unknown``: the learned unknown-device embedding; name a vendor to ask "what would
 a Hologic DXA say"; a name the model does not know is an ``UnknownVendorError``)
 and param ``contrast`` (0/1, default -1 = unknown); output = one row per vertebra with ``score``,
@@ -53,16 +54,20 @@ def pyfunc_code_paths() -> list[str]:
 
 
 PYFUNC_INPUTS = {
-    "tensor": "float32 (B, 5, X, Y, Z) texture pools in raw units; params device_vendor (default unknown) and contrast (0/1, -1 unknown)",
+    "tensor": "float32 (B, 5, X, Y, Z) texture pools in raw units; params device_vendor (default unknown) and contrast (0/1, -1 unknown); "
+              "a model with descriptors takes a dict {'pools': (B, 5, X, Y, Z), 'descriptors': (B, k) in the contract's order}",
     "table": "DataFrame, one row per vertebra: pool_uri (absolute path or file:// URI of the pool .npy), "
-             "optional device_vendor (per row; missing -> the device_vendor param); other columns are ignored",
+             "optional device_vendor (per row; missing -> the device_vendor param) and contrast (0/1), and the "
+             "descriptor columns the contract lists under 'descriptors' (vertebrae.parquet, written by ingestion; "
+             "a model with descriptors accepts only this input); other columns are ignored",
 }
 
 
 def model_contract(state: Mapping[str, Any]) -> dict[str, Any]:
     """The I/O contract logged with the model: the bundle's ``io`` + operating point + accepted inputs."""
     op = dict(state.get("threshold") or {})
-    return {**dict(state.get("io") or {}), "threshold": op.get("threshold"), "operating_point": op,
+    descriptors = list((state.get("model_config") or {}).get("moe", {}).get("descriptors") or [])
+    return {**dict(state.get("io") or {}), "descriptors": descriptors, "threshold": op.get("threshold"), "operating_point": op,
             "threshold_source": "validation split (never tuned on test data)", "pyfunc_inputs": PYFUNC_INPUTS}
 
 
@@ -82,6 +87,9 @@ def pyfunc_signature(bundle: Path):
     mean = np.asarray(state["norm"]["mean"], dtype=np.float32)                     # (5,)
     grid = tuple(state["model_config"].get("input_shape") or (16, 16, 16))
     example = np.broadcast_to(mean[None, :, None, None, None], (1, len(mean), *grid)).copy()  # (1, 5, X, Y, Z)
+    if "head.desc_mean" in state["state_dict"]:     # a model with descriptors: pools + descriptors at the training mean
+        example = {"pools": example,
+                   "descriptors": state["state_dict"]["head.desc_mean"].numpy().astype(np.float32)[None]}   # (1, k)
     signature = ModelSignature(
         inputs=None,
         outputs=Schema([ColSpec("double", "score"), ColSpec("double", "bmd_g_cm2"), ColSpec("long", "level"),
@@ -121,6 +129,11 @@ class ScreeningPyfunc(_PythonModel):
         self.mcfg.moe.device_index(vendor)                                     # UnknownVendorError before any work
         if isinstance(model_input, pd.DataFrame):
             return self._predict_table(model_input, vendor, contrast)
+        if isinstance(model_input, dict):
+            if "pools" not in model_input:
+                raise ValueError(f"a dict input needs 'pools' (B, 5, X, Y, Z) and, for a model with descriptors, "
+                                 f"'descriptors' (B, k); got keys {sorted(model_input)}")
+            return self._predict_tensor(model_input["pools"], vendor, contrast, model_input.get("descriptors"))
         return self._predict_tensor(model_input, vendor, contrast)
 
     def _output(self, score: np.ndarray, bmd: np.ndarray, level: np.ndarray, index: Any = None) -> pd.DataFrame:
@@ -131,19 +144,32 @@ class ScreeningPyfunc(_PythonModel):
                              "level": np.asarray(level, dtype=np.int64),
                              "screen_positive": (score >= self.threshold).astype(np.int64)}, index=index)
 
-    def _predict_tensor(self, model_input: Any, vendor: str, contrast: int = -1) -> pd.DataFrame:
+    def _predict_tensor(self, model_input: Any, vendor: str, contrast: int = -1, descriptors: Any = None) -> pd.DataFrame:
         import torch
         from osteo_model.data import resample_pool
         from osteo_model.moe import decode_outputs
         pools = np.asarray(model_input, dtype=np.float32)                              # (B, 5, X, Y, Z)
         if pools.ndim != 5:
             raise ValueError(f"expected pools of shape (B, 5, X, Y, Z), got {pools.shape}")
+        desc = None
+        if self.mcfg.moe.descriptors:
+            from osteo_model.errors import DescriptorInputError
+            names = list(self.mcfg.moe.descriptors)
+            if descriptors is None:
+                raise DescriptorInputError(f"this model also reads the descriptors {names} per vertebra: pass "
+                                           "{'pools': (B, 5, X, Y, Z), 'descriptors': (B, k) in that order} or a "
+                                           "table with pool_uri and those columns")
+            desc = np.asarray(descriptors, dtype=np.float32)
+            if desc.shape != (len(pools), len(names)) or not np.isfinite(desc).all():
+                raise DescriptorInputError(f"descriptors must be a finite ({len(pools)}, {len(names)}) array, "
+                                           f"columns {names}; got shape {desc.shape}")
+            desc = torch.from_numpy(desc)
         x = np.stack([resample_pool(self.norm.transform(p), self.mcfg.input_shape) for p in pools])
         from osteo_model.moe import contrast_index
         device = torch.full((len(x),), self.mcfg.moe.device_index(vendor), dtype=torch.long)
         flag = torch.full((len(x),), contrast_index(None if contrast < 0 else contrast), dtype=torch.long)
         with torch.no_grad():
-            dec = decode_outputs(self.model(torch.from_numpy(x), device, contrast=flag), self.mcfg.moe)
+            dec = decode_outputs(self.model(torch.from_numpy(x), device, contrast=flag, descriptors=desc), self.mcfg.moe)
         return self._output(dec["score"].numpy(), dec["bmd_g_cm2"].numpy(), dec["level"].numpy())
 
     def _predict_table(self, table: pd.DataFrame, vendor: str, contrast: int = -1) -> pd.DataFrame:
@@ -158,6 +184,9 @@ class ScreeningPyfunc(_PythonModel):
         frame = pd.DataFrame({"pool_path": [str(pool_file(u)) for u in table["pool_uri"]],
                               "device_vendor": vendors.where(vendors.notna(), vendor).to_numpy(),
                               "contrast": flags.where(flags.notna(), None if contrast < 0 else contrast).to_numpy()})
+        for name in self.mcfg.moe.descriptors:                 # missing columns: DescriptorInputError in the dataset
+            if name in table.columns:
+                frame[name] = table[name].to_numpy()
         pred = predict_frame(self.model, self.norm, frame, Path("/"), self.mcfg.moe,
                              input_shape=self.mcfg.input_shape)                        # absolute paths: root unused
         return self._output(pred["score"].to_numpy(), pred["bmd_pred"].to_numpy(), pred["level_pred"].to_numpy(),

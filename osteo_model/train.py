@@ -13,6 +13,11 @@
    check -> backward -> model hooks -> clip -> step -> schedule -> log ->
    checkpoint every ``ckpt_every_steps``.
 
+A dataset whose items depend on the epoch (``epoch_keyed = True``, e.g. fine-tuning
+re-imaging, :mod:`osteo_model.augment`) receives keys ``index + epoch * len(dataset)``
+and decodes them with ``divmod``: its randomness is a function of (seed, epoch, index),
+drawn identically by a resumed run and by any worker process.
+
 An *objective* is any callable ``objective(model, batch, step) -> (loss,
 metrics)``; a model may define ``on_after_backward(step)`` and
 ``on_step_end(step)`` hooks (SwAV uses them for prototype freezing and
@@ -241,13 +246,16 @@ def fit(model: nn.Module, objective: Objective, dataset: Dataset, cfg: TrainConf
 
     metrics: dict[str, float] = {}
     epoch_order = EpochOrder()
+    epoch_keyed = bool(getattr(dataset, "epoch_keyed", False))   # items drawn from (seed, epoch, index)
+    context = getattr(dataset, "multiprocessing_context", None) if cfg.num_workers > 0 else None   # e.g. spawn
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=epoch_order, num_workers=cfg.num_workers,
                         persistent_workers=cfg.num_workers > 0, generator=torch.Generator().manual_seed(cfg.seed),
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", multiprocessing_context=context)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
-            epoch_order.order = list(sampler)[skip_batches * cfg.batch_size:]   # data position of a resumed run
+            order = list(sampler)[skip_batches * cfg.batch_size:]               # data position of a resumed run
+            epoch_order.order = [i + epoch * len(dataset) for i in order] if epoch_keyed else order
             net.train()
             for batch_index, batch in enumerate(loader, start=skip_batches):
                 batch = _to_device(batch, device)

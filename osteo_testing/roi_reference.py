@@ -15,7 +15,7 @@ from features.errors import VertebraTooSmallError
 from features.geometry import grid_ratio, sample_grid
 from features.io.masks import LEVEL_NAMES
 from features.io.volume import Volume
-from features.roi import RoiSpec, VertebraROI, _stats, ellipsoid, largest_component
+from features.roi import RoiSpec, VertebraROI, _stats, dxa_descriptors, ellipsoid, largest_component
 
 
 def canal_front_reference(vertebra: np.ndarray, body: np.ndarray) -> float | None:
@@ -115,6 +115,10 @@ def extract_rois_reference(ct: Volume, levels: Volume, spec: RoiSpec, item: str,
                 "check the segmentation of this level (body too thin or cut by the field of view)"))
             continue
         hu = np.clip(np.where(fov, hu_raw, lo_w), lo_w, hi_w).astype(np.float32)
-        out.append(VertebraROI(level=level, hu=hu, body=body.astype(np.uint8),
-                               stats=_stats(hu_raw, core, int(body.sum()))))
+        # descriptors: the same function on the same crop (this module checks the morphology)
+        vert_local = iso[crop] == level
+        hu_local = sample_grid(coeffs, ratio, b0 + kmin, vert_local.shape, order=spec.ct_spline_order, cval=np.nan,
+                               prefiltered=spec.ct_spline_order > 1)
+        stats = {**_stats(hu_raw, core, body), **dxa_descriptors(hu_local, vert_local, body_local, target)}
+        out.append(VertebraROI(level=level, hu=hu, body=body.astype(np.uint8), stats=stats))
     return out

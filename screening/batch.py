@@ -452,8 +452,11 @@ def _predict_and_report(vert: pd.DataFrame, model: serving.ServingModel, screen:
         return [], []
     tables = screen.references
     vendors = list(screen.report_vendors)
+    from features.roi import DESCRIPTOR_CHOICES
     table = pd.DataFrame({"pool_uri": vert["pool_uri"].astype(str).to_numpy(),
-                          "contrast": vert["contrast"].to_numpy()})
+                          "contrast": vert["contrast"].to_numpy(),
+                          # the same ingestion wrote them: the model reads those it was trained with
+                          **{c: vert[c].to_numpy() for c in DESCRIPTOR_CHOICES if c in vert.columns}})
     base = model.pyfunc.predict(table, params={"device_vendor": "unknown"})
     bmd = {v: model.pyfunc.predict(table, params={"device_vendor": v})["bmd_g_cm2"].to_numpy() for v in vendors}
     bounds = {v: (predict_interval(model.interval, bmd[v]) if model.interval is not None

@@ -171,6 +171,8 @@ def test_tables_follow_the_contract(ingested):
     assert list(v.columns) == ["patient_id", "study_id", "level", "level_name", "site", "scanner", "contrast",
                                "ct_date", "sex", "age_at_ct", "roi_path", "roi_sha256", "roi_shape",
                                "spacing_mm", "hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95", "body_voxels",
+                               "shell_hu", "proj_hu_mm", "proj_path_mm", "proj_area_mm2", "body_height_mm",
+                               "body_width_mm", "body_depth_mm",
                                "cal_version", "cal_slope", "cal_intercept", "ref_air_hu", "ref_fat_hu", "ref_blood_hu"]
     # the phantom is ingested with calibration off (conftest): identity line, no reference measured
     assert (v.cal_version == "none").all() and (v.cal_slope == 1.0).all() and (v.cal_intercept == 0.0).all()

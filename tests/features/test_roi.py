@@ -146,3 +146,44 @@ def test_trabecular_stats_exclude_cortex(synth, phantom):
         assert abs(roi.stats["hu_p50"] - (150 + 20 * n)) < 10
         assert roi.stats["hu_p05"] <= roi.stats["hu_p50"] <= roi.stats["hu_p95"]
         assert roi.stats["body_voxels"] == int(roi.body.sum())
+
+
+def test_dxa_descriptors_of_a_box_vertebra_with_a_posterior_element():
+    # purpose: the descriptors are what an AP projection integrates: body size from the body mask, and the HU
+    # through the WHOLE label (posterior elements behind the body count where they project onto the body box)
+    from features.roi import DESCRIPTOR_COLUMNS, dxa_descriptors
+    spacing = np.array([1.0, 0.5, 2.0])
+    body = np.zeros((30, 40, 20), bool)
+    body[5:25, 10:30, 5:15] = True                       # 20 x (20 x 0.5 = 10 mm) x (10 x 2 = 20 mm)
+    spine = np.zeros_like(body)
+    spine[12:18, 0:10, 5:15] = True                      # a process behind the body, 6 columns wide, 10 x 0.5 mm deep
+    vert = body | spine
+    hu = np.full(body.shape, 40.0)                       # soft tissue outside the label must not count
+    hu[body] = 200.0
+    hu[spine] = 500.0
+    d = dxa_descriptors(hu, vert, body, spacing)
+    assert d["body_height_mm"] == pytest.approx(20.0) and d["proj_area_mm2"] == pytest.approx(20 * 1.0 * 20.0)
+    assert d["body_width_mm"] == pytest.approx(20.0) and d["body_depth_mm"] == pytest.approx(10.0)
+    # per (x, z) column: 200 HU x 10 mm through the body, + 500 HU x 5 mm where the process lies (6 of 20 columns)
+    assert d["proj_hu_mm"] == pytest.approx(200 * 10 + 500 * 5 * 6 / 20)
+    assert d["proj_path_mm"] == pytest.approx(10 + 5 * 6 / 20)
+    d2 = dxa_descriptors(1.1 * hu - 30, vert, body, spacing)             # a recalibrated scan: exact linear rule
+    assert d2["proj_hu_mm"] == pytest.approx(1.1 * d["proj_hu_mm"] - 30 * d["proj_path_mm"])
+    hu_nan = hu.copy()
+    hu_nan[:, :, :10] = np.nan                           # half the body outside the field of view counts 0
+    assert dxa_descriptors(hu_nan, vert, body, spacing)["proj_hu_mm"] == pytest.approx(d["proj_hu_mm"] / 2)
+    assert set(DESCRIPTOR_COLUMNS) == set(d) | {"shell_hu"}
+
+
+def test_extract_rois_records_shell_and_descriptors(synth, phantom):
+    # purpose: every ROI carries the descriptors; a denser shell reads above the trabecular mean
+    from features.roi import DESCRIPTOR_COLUMNS
+    hu, lab, aff, _ = phantom
+    cfg = synth.config()
+    rois = extract_rois(to_ras(Volume(hu.astype(np.float32), aff)), to_ras(Volume(lab, aff)), roi_spec(cfg), "s0",
+                        [int(v) for v in np.unique(lab) if v > 0])
+    ok = [r for r in rois if not isinstance(r, Exception)]
+    assert ok
+    for r in ok:
+        assert set(DESCRIPTOR_COLUMNS) <= set(r.stats) and all(np.isfinite(r.stats[k]) for k in DESCRIPTOR_COLUMNS)
+        assert r.stats["body_height_mm"] > 0 and r.stats["proj_area_mm2"] > 0

@@ -250,7 +250,9 @@ def test_champion_pyfunc_screens_a_vertebra_table(ws, trained):
     test = frames.test.sample(frac=1.0, random_state=1)                          # any order, any index
     table = pd.DataFrame({"vertebra_id": test["vertebra_id"], "patient_id": test["patient_id"],
                           "pool_uri": [str((frames.root / p).resolve()) for p in test["pool_path"]],
-                          "device_vendor": test["device_vendor"]}, index=test.index)
+                          "device_vendor": test["device_vendor"],
+                          **{c: test[c] for c in model.metadata.metadata["io_contract"]["descriptors"]}},
+                         index=test.index)                                  # + the descriptors its contract lists
     out = model.predict(table)
     assert list(out.columns) == ["score", "bmd_g_cm2", "level", "screen_positive"]   # no identifier comes back
     assert out.index.equals(table.index)

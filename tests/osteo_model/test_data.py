@@ -83,3 +83,19 @@ def test_effective_voxel_keeps_the_texture_scale(profile):
     shape = cfg.model.input_shape or roi
     effective = [n * s / m for n, s, m in zip(roi, spacing, shape)]          # mm per encoder voxel
     assert all(e <= 1.5 * s + 1e-9 for e, s in zip(effective, spacing)), (profile, effective, spacing)
+
+
+def test_descriptor_columns_are_required_finite_and_never_imputed():
+    # purpose: a vertebra without its descriptors is a typed error naming it, not a silent fill
+    import numpy as np
+    import pandas as pd
+    from osteo_model.data import descriptor_matrix
+    from osteo_model.errors import DescriptorInputError
+    f = pd.DataFrame({"patient_id": ["p1", "p2"], "study_id": ["s1", "s2"], "level": [13, 14],
+                      "shell_hu": [400.0, 380.0], "proj_hu_mm": [9000.0, np.nan]})
+    with pytest.raises(DescriptorInputError, match="p2"):
+        descriptor_matrix(f, ["shell_hu", "proj_hu_mm"])
+    with pytest.raises(DescriptorInputError, match="body_width_mm"):
+        descriptor_matrix(f, ["shell_hu", "body_width_mm"])
+    m = descriptor_matrix(f.iloc[:1], ["proj_hu_mm", "shell_hu"])
+    assert m.dtype == np.float32 and m.tolist() == [[9000.0, 400.0]]

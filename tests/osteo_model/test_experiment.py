@@ -49,10 +49,14 @@ def write_inputs(root, seed: int = 0) -> dict:
                 rows.append({**base, "pool_path": f"pools/{sha[:2]}/{sha}.npy", "pool_sha256": sha,
                              "pool_shape": ",".join(map(str, SHAPE))})
                 hu = float(np.nanmean(pool[0]))
-                vert.append({**base, "hu_mean": hu, "site": site})
+                width, height, depth = rng.uniform(38, 50), rng.uniform(22, 28), rng.uniform(28, 36)
+                desc = {"shell_hu": hu + 250 + rng.normal(0, 20), "proj_hu_mm": hu * depth + rng.normal(0, 300), "proj_path_mm": depth + rng.uniform(0, 6),
+                        "proj_area_mm2": width * height, "body_height_mm": height, "body_width_mm": width,
+                        "body_depth_mm": depth, "body_voxels": int(width * height * depth * 0.8)}
+                vert.append({**base, "hu_mean": hu, "site": site, **desc})
                 if level >= 13:
                     bmd = 0.9 + 0.12 * density + rng.normal(0, 0.02)
-                    table.append({**base, **rows[-1], "vertebra_id": f"{pid}:{sid}:{level}", "site": site,
+                    table.append({**base, **rows[-1], **desc, "vertebra_id": f"{pid}:{sid}:{level}", "site": site,
                                   "scanner": "siemens_force", "sex": "F", "age_at_ct": 70.0, "hu_mean": hu,
                                   "original_firstorder_Mean": hu + rng.normal(0, 5), "original_glcm_Contrast": rng.normal(),
                                   "device_vendor": VENDOR[site], "bmd_g_cm2": bmd, "t_score": (bmd - 1.0) / 0.11,

@@ -151,3 +151,25 @@ def test_contrast_flag_changes_the_prediction_and_is_ignored_when_disabled(backb
     off = MultiTaskModel(build_backbone(backbone_cfg), MoEConfig(expert_hidden=8, use_contrast=False)).eval()
     torch.testing.assert_close(off(pool, dev, contrast=torch.zeros(3, dtype=torch.long))["bmd_z"],
                                off(pool, dev, contrast=torch.ones(3, dtype=torch.long))["bmd_z"])
+
+
+def test_descriptors_enter_the_prediction_standardised_and_are_required(backbone_cfg, dataset):
+    # purpose: a model with descriptors reads them (size/projection change the BMD), standardises them with the
+    # stored training stats (shifting raw values and the mean together changes nothing), refuses to run without
+    from osteo_model.errors import DescriptorInputError
+    torch.manual_seed(0)
+    pool, dev = dataset.pool[:3], torch.zeros(3, dtype=torch.long)
+    cfg = MoEConfig(expert_hidden=8, descriptors=("proj_hu_mm", "body_width_mm"))
+    model = MultiTaskModel(build_backbone(backbone_cfg), cfg).eval()
+    model.head.set_descriptor_stats([1000.0, 40.0], [300.0, 5.0])
+    d = torch.tensor([[900.0, 38.0], [1500.0, 45.0], [700.0, 35.0]])
+    a = model(pool, dev, descriptors=d)["bmd_z"]
+    assert not torch.allclose(a, model(pool, dev, descriptors=d * 1.5)["bmd_z"])
+    state = model.state_dict()
+    assert torch.equal(state["head.desc_mean"], torch.tensor([1000.0, 40.0]))      # travels with the weights
+    model.head.set_descriptor_stats([1100.0, 40.0], [300.0, 5.0])
+    torch.testing.assert_close(model(pool, dev, descriptors=d + torch.tensor([100.0, 0.0]))["bmd_z"], a)
+    with pytest.raises(DescriptorInputError, match="proj_hu_mm"):
+        model(pool, dev)
+    with pytest.raises(DescriptorInputError):
+        model(pool, dev, descriptors=d[:, :1])

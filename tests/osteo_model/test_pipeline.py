@@ -13,6 +13,7 @@ from osteo_config.params import load_params
 from osteo_model.data import TexturePoolDataset
 from osteo_model.pipeline import gate_metrics, load_model, position_rows, predict_frame, run_finetune, run_pretrain
 from osteo_config import Config
+from osteo_testing.frames import with_descriptors
 
 
 def _frame(root, n=8):
@@ -26,7 +27,7 @@ def _frame(root, n=8):
         rows.append({"pool_path": f"texture/{sha[:2]}/{sha}.npy", "pool_sha256": sha, "level": 13 + i % 4,
                      "device_vendor": ["Hologic", "GE Lunar"][i % 2], "who_class": i % 3,
                      "bmd_g_cm2": 0.7 + 0.05 * i, "t_score": -2.0 + 0.3 * i})
-    return pd.DataFrame(rows)
+    return with_descriptors(pd.DataFrame(rows))
 
 
 def test_pretrain_finetune_predict_round_trip(tmp_path):

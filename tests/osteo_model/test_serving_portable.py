@@ -62,7 +62,7 @@ def test_logged_pyfunc_serves_in_a_fresh_environment(tmp_path):
     code = local / "code"
     assert {p.name for p in code.iterdir()} == {"osteo_model", "osteo_config", "features"}
     assert (code / "osteo_model" / "serving.py").is_file() and not list(code.rglob("__pycache__"))
-    example = mlflow.models.Model.load(local).load_input_example(str(local))         # (1, 5, X, Y, Z)
+    example = mlflow.models.Model.load(local).load_input_example(str(local))         # pools (1, 5, X, Y, Z) + descriptors
     expected = mlflow.pyfunc.load_model(str(local)).predict(example, params={"device_vendor": "GE Lunar"})
 
     python = fresh_environment(tmp_path / "fresh")
@@ -90,7 +90,9 @@ def test_logged_pyfunc_serves_in_a_fresh_environment(tmp_path):
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-4000:]
             time.sleep(1.0)
-        body = json.dumps({"inputs": np.asarray(example).tolist(), "params": {"device_vendor": "GE Lunar"}})
+        inputs = ({k: np.asarray(v).tolist() for k, v in example.items()} if isinstance(example, dict)
+                  else np.asarray(example).tolist())                       # pools (+ descriptors) of the example
+        body = json.dumps({"inputs": inputs, "params": {"device_vendor": "GE Lunar"}})
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as resp:

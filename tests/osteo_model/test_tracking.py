@@ -100,7 +100,9 @@ def test_logged_model_predicts_its_input_example_and_carries_no_identifiers(trac
     local = Path(mlflow.artifacts.download_artifacts(result.model_uri, dst_path=str(root / "dl")))
     meta = Model.load(local)
     example = meta.load_input_example(str(local))
-    assert isinstance(example, np.ndarray) and example.shape[:2] == (1, 5)
+    assert isinstance(example, dict) and example["pools"].shape[:2] == (1, 5)       # a model with descriptors:
+    assert example["descriptors"].shape == (1, len(contract_names := meta.metadata["io_contract"]["descriptors"]))
+    assert contract_names == tracked[0]["model"]["moe"]["descriptors"]              # the contract names them in order
     out = mlflow.pyfunc.load_model(result.model_uri).predict(example, params={"device_vendor": "GE Lunar"})
     assert list(out.columns) == ["score", "bmd_g_cm2", "level", "screen_positive"] and len(out) == 1
     assert 0.0 <= out["score"].iloc[0] <= 1.0
@@ -110,7 +112,7 @@ def test_logged_model_predicts_its_input_example_and_carries_no_identifiers(trac
     assert contract["roi_shape"] == tracked[0]["ingest"]["roi_shape"] and "table" in contract["pyfunc_inputs"]
     table = pd.read_parquet(root / "processed" / "training_table.parquet")
     secrets = set(table["patient_id"]) | set(table["study_id"]) | {str(root), "pool_path", "patient", "study"}
-    texts = [json.dumps(meta.signature.to_dict()), json.dumps(example.tolist())]
+    texts = [json.dumps(meta.signature.to_dict()), json.dumps({k: v.tolist() for k, v in example.items()})]
     texts += [p.read_text() for p in local.iterdir() if p.name.startswith(("input_example", "serving_input"))]
     assert not [s for s in secrets for t in texts if s in t]
 
@@ -160,3 +162,29 @@ def test_dvc_stages_pretrain_then_finetune_share_one_parent_run(tmp_path, monkey
     assert client.get_run(pre["run_id"]).data.tags["method"] == "tp_swav"
     with pytest.raises(ExperimentError, match="run `osteo train pretrain` first"):
         run_finetune_stage(Config.from_params(params).experiment(), "swav", tmp_path / "models", tmp_path / "metrics" / "train.json")
+
+
+def test_pyfunc_reads_descriptors_from_a_table_or_a_dict_and_refuses_pools_alone(tracked):
+    # purpose: the served model gets the same descriptors as training from either input form; without them
+    # it is a typed error, never a silent default
+    from osteo_model.errors import DescriptorInputError
+    params, result, _, root = tracked
+    names = list(params["model"]["moe"]["descriptors"])
+    test = pd.read_parquet(root / "processed" / "training_table.parquet").head(3)
+    pools_dir = root / "interim" / "texture"
+    table = test[names].assign(pool_uri=[str(pools_dir / p) for p in test["pool_path"]])
+    mlflow.set_tracking_uri(params["tracking"]["uri"])                  # other tests may have moved the globals
+    mlflow.set_registry_uri(params["tracking"]["uri"])
+    model = mlflow.pyfunc.load_model(result.model_uri)
+    by_table = model.predict(table, params={"device_vendor": "GE Lunar"})
+    pools = np.stack([np.load(pools_dir / p) for p in test["pool_path"]])
+    by_dict = model.predict({"pools": pools, "descriptors": test[names].to_numpy(np.float32)},
+                            params={"device_vendor": "GE Lunar"})
+    np.testing.assert_allclose(by_table["bmd_g_cm2"], by_dict["bmd_g_cm2"], rtol=1e-5)
+    other = model.predict({"pools": pools, "descriptors": test[names].to_numpy(np.float32) * 1.3},
+                          params={"device_vendor": "GE Lunar"})
+    assert not np.allclose(other["bmd_g_cm2"], by_dict["bmd_g_cm2"])          # the descriptors are read
+    with pytest.raises(DescriptorInputError, match="descriptors"):
+        model.predict(pools, params={"device_vendor": "GE Lunar"})
+    with pytest.raises(DescriptorInputError, match=names[0]):
+        model.predict(table.drop(columns=[names[0]]), params={"device_vendor": "GE Lunar"})

@@ -18,6 +18,21 @@ class Crash(RuntimeError):
     pass
 
 
+def _augmented_pools(root):
+    """12 real pools (HU + engine maps) re-imaged with p = 0.7 per epoch: items depend on (seed, epoch, row)."""
+    from osteo_config.model import AugmentConfig
+    from osteo_model.data import TexturePoolDataset
+    from osteo_model.norm import ChannelNorm
+    from osteo_testing.pool_fixtures import SETTINGS, SPACING, WINDOW, write_pools
+
+    frame = write_pools(root, n=12, shape=(16, 16, 8))
+    aug = AugmentConfig(p=0.7, hu_slope=(0.95, 1.05), hu_offset_hu=(-25, 25), noise_hu=(0, 16), psf_fwhm_mm=(0, 0.9),
+                        slice_fwhm_mm=(0, 1.75))
+    norm = ChannelNorm.fit(TexturePoolDataset(frame, root).iter_raw_pools())
+    return TexturePoolDataset(frame, root, norm, cache=True, augment=aug, glcm=SETTINGS, spacing_mm=SPACING,
+                              hu_window=WINDOW, seed=7)
+
+
 def _make(kind, backbone_cfg, swav_cfg, moe_cfg):
     torch.manual_seed(123)
     if kind == "swav":
@@ -25,9 +40,14 @@ def _make(kind, backbone_cfg, swav_cfg, moe_cfg):
     return MultiTaskModel(build_backbone(backbone_cfg), moe_cfg), MultiTaskObjective(moe_cfg)
 
 
-@pytest.mark.parametrize("kind", ["swav", "moe"])
+@pytest.mark.parametrize("kind", ["swav", "moe", "moe_augmented"])
 def test_crash_and_resume_gives_bit_identical_weights(tmp_path, kind, backbone_cfg, swav_cfg, moe_cfg, train_cfg, dataset):
     # 12 vertebrae, batch 4 -> 3 steps/epoch, 2 epochs = 6 steps, checkpoints at steps 2, 4, 6.
+    # moe_augmented: fine-tuning re-imaging on; the resumed run must draw the same scans (seed, epoch, row).
+    if kind == "moe_augmented":
+        dataset = _augmented_pools(tmp_path)
+        assert dataset.epoch_keyed
+    kind = "moe" if kind == "moe_augmented" else kind
     model, objective = _make(kind, backbone_cfg, swav_cfg, moe_cfg)
     reference = fit(model, objective, dataset, train_cfg, tmp_path / "straight", params_digest="p")
     assert reference.steps == 6
@@ -132,3 +152,28 @@ def test_loader_workers_persist_across_epochs_so_their_pool_cache_survives(tmp_p
     fit(model, spy, _PidPools(dataset), cfg, tmp_path)
     assert sorted(pids) == [0, 1, 2] and len(pids[0]) == 2
     assert pids[0] == pids[1] == pids[2]
+
+
+class _KeyedPools(torch.utils.data.Dataset):
+    """Records the keys it is asked for; ``epoch_keyed`` like an augmenting TexturePoolDataset."""
+
+    epoch_keyed = True
+
+    def __init__(self, base):
+        self.base, self.keys = base, []
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, key):
+        self.keys.append(key)
+        return self.base[key % len(self.base)]
+
+
+def test_an_epoch_keyed_dataset_receives_row_plus_epoch_times_length(tmp_path, backbone_cfg, moe_cfg, train_cfg, dataset):
+    # Its draws are a function of (seed, epoch, row): the loop must tell it the epoch through the key.
+    model, objective = _make("moe", backbone_cfg, swav_cfg=None, moe_cfg=moe_cfg)
+    keyed = _KeyedPools(dataset)
+    fit(model, objective, keyed, train_cfg, tmp_path)
+    n = len(dataset)
+    assert sorted(keyed.keys[:n]) == list(range(n)) and sorted(keyed.keys[n:]) == list(range(n, 2 * n))
