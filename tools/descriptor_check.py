@@ -1,13 +1,13 @@
 """How much of the DXA BMD each CT measurement explains: the evidence behind ``model.moe.descriptors``.
 
-Pairs every ingested L1-L4 vertebra with its DXA reading of the same level (nearest date within
-``--window-days``, the pairing rule of the pipeline) and prints, on those pairs,
+On the pipeline's own CT/DXA pairs (the training table: L1-L4 vertebrae with their DXA reading within the
+±``ingest.dxa_window_days`` rule, every split) prints
 
 * the Pearson r of each CT measurement alone with the DXA BMD, and
 * the r of a linear model's out-of-fold predictions (5 folds **grouped by patient**, so no patient is in
   a fold's training and test part), each with the DXA vendor, level and contrast beside it.
 
-Reads ``<data>/interim/ingest/{vertebrae,dxa}.parquet`` (pseudonymous); writes nothing.
+Reads ``<data>/processed/training_table.parquet`` (pseudonymous); writes nothing.
 
     .venv/bin/python tools/descriptor_check.py --data data
 """
@@ -23,7 +23,6 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 
 from features.roi import DESCRIPTOR_CHOICES
 
-L1_L4 = (13, 16)
 MODELS = {
     "hu_mean (trabecular core)": ["hu_mean"],
     "hu_mean + body_voxels": ["hu_mean", "body_voxels"],
@@ -32,21 +31,16 @@ MODELS = {
 }
 
 
-def paired(data: Path, window_days: int) -> pd.DataFrame:
-    v = pd.read_parquet(data / "interim" / "ingest" / "vertebrae.parquet")
-    d = pd.read_parquet(data / "interim" / "ingest" / "dxa.parquet")
-    d = d[d["level"].between(*L1_L4)]
-    m = v.merge(d[["patient_id", "level", "dxa_date", "bmd_g_cm2", "device_vendor"]], on=["patient_id", "level"])
-    m["dt"] = (m["dxa_date"] - m["ct_date"]).dt.days.abs()
-    return m[m["dt"] <= window_days].sort_values("dt", kind="mergesort").drop_duplicates(["study_id", "level"])
+def paired(data: Path) -> pd.DataFrame:
+    """The pipeline's own CT/DXA pairs: the training table (``osteo features training-table``), every split."""
+    return pd.read_parquet(data / "processed" / "training_table.parquet")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("data"), help="paths.data of the profile")
-    ap.add_argument("--window-days", type=int, default=183, help="CT-DXA pairing window (ingest.dxa_window_days)")
     args = ap.parse_args()
-    m = paired(args.data, args.window_days)
+    m = paired(args.data)
     y = m["bmd_g_cm2"].to_numpy()
     print(f"{len(m)} paired L1-L4 vertebrae of {m['patient_id'].nunique()} patients")
     print("\nmeasurement alone            r with DXA BMD")
