@@ -1,13 +1,14 @@
 # osteo-platform: two commands do everything on a fresh machine.
 #   make demo   -> set up .venv, run the main job (the profile of params.yaml: demo; PROFILE=tiny writes another)
-#   make test   -> set up .venv, run the test suite
+#   make test   -> set up .venv, run the test suite except the long end-to-end cases (marker `slow`)
+#   make test-slow -> the long end-to-end cases (flows, DVC, CLI subprocesses, servers); .ci/run runs both
 PY      ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROFILE ?=
 
-.PHONY: demo test venv lock bench repro clean-data browser orthanc doctools
+.PHONY: demo test test-slow test-all testdeps browserdeps venv lock bench repro clean-data browser orthanc doctools
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
@@ -27,10 +28,22 @@ demo: $(STAMP)
 	  && echo "params.yaml: profile: $(PROFILE)"; fi
 	env -u OSTEO_PROFILE $(BIN)/osteo demo
 
-test: $(STAMP)
-	@$(MAKE) -s browser || echo "could not install chromium (not root / no apt?): the MLflow UI browser test will be skipped"
+# Debian packages some tests need (installed when root + apt allow; otherwise those tests skip with a message).
+# Chromium is only for the browser tests, which are all `slow`: `make test` does not pay its download.
+testdeps:
 	@$(MAKE) -s orthanc || echo "could not install orthanc (not root / no apt?): the PACS round-trip tests will be skipped"
 	@$(MAKE) -s doctools || echo "could not install poppler-utils / dicom3tools (not root / no apt?): the PDF rendering and dciodvfy checks will be skipped"
+
+test: $(STAMP) testdeps
+	$(BIN)/python -m pytest -q -m "not slow"
+
+browserdeps:
+	@$(MAKE) -s browser || echo "could not install chromium (not root / no apt?): the MLflow UI browser test will be skipped"
+
+test-slow: $(STAMP) testdeps browserdeps
+	$(BIN)/python -m pytest -q -m slow
+
+test-all: $(STAMP) testdeps browserdeps
 	$(BIN)/python -m pytest -q
 
 # Rebuild the pipeline with DVC (only what changed); the venv's tools on PATH; the profile is params.yaml's.

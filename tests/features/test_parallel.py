@@ -113,6 +113,7 @@ def test_ingest_on_dask_matches_the_serial_run(dask_cluster, tmp_path, synth):
     assert _files(tmp_path / "serial" / "ingest", "*.npz") == _files(tmp_path / "dask" / "ingest", "*.npz")
 
 
+@pytest.mark.slow    # > 20 s: `make test-slow` (the PACS client's retries / Dask start-up / long loops)
 def test_texture_on_dask_matches_the_serial_run(dask_cluster, tmp_path):
     rows = []
     for i in range(4):

@@ -77,6 +77,7 @@ def _truth_of(params) -> pd.DataFrame:
                          "true_bmc_g": true * area, "true_area_cm2": area})
 
 
+@pytest.mark.slow    # > 20 s: `make test-slow` (the PACS client's retries / Dask start-up / long loops)
 def test_seeds_give_mean_sd_paired_differences_roc_figure_and_oracle_row(tmp_path):
     params = _fixture.write_inputs(tmp_path)
     params["evaluate"].update(n_perm=50)

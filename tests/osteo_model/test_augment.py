@@ -107,6 +107,7 @@ def _dataset(root, frame, aug=ON, seed=5, **kw):
                               seed=seed, **kw)
 
 
+@pytest.mark.slow    # > 20 s: `make test-slow` (the PACS client's retries / Dask start-up / long loops)
 def test_items_are_a_function_of_seed_epoch_and_row(tmp_path):
     frame = _write(tmp_path)
     n = len(frame)

@@ -13,6 +13,7 @@ from screening.pacs import PacsClient, PacsRequestError, PacsUnreachableError
 from screening.sr import BMD, build_sr
 
 
+@pytest.mark.slow    # > 20 s: `make test-slow` (the PACS client's retries / Dask start-up / long loops)
 def test_unreachable_pacs_is_a_typed_error_naming_the_url_and_the_fix():
     with socket.socket() as s:                       # a port nobody listens on
         s.bind(("127.0.0.1", 0))

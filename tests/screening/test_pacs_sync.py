@@ -75,6 +75,7 @@ def test_encapsulated_pdf_keeps_the_study_and_the_bytes(ct_headers, tmp_path):
         encapsulated_pdf(b"not a pdf", ct_headers[0])
 
 
+@pytest.mark.slow    # > 20 s: `make test-slow` (the PACS client's retries / Dask start-up / long loops)
 def test_unreachable_pacs_during_a_sync_is_typed(tmp_path):
     from osteo_testing.orthanc import free_port
     url = f"http://127.0.0.1:{free_port()}/dicom-web"

@@ -255,7 +255,8 @@ def test_skew_and_missing_alias_are_refused_before_any_study(champion, export, t
     assert not (tmp_path / "out" / "ledger.parquet").exists()
 
 
-def test_cli_exits_non_zero_on_drift_and_flow_completes_with_warning(champion, export, tmp_path, monkeypatch):
+def test_cli_exits_non_zero_on_drift_and_flow_completes_with_warning(champion, export, tmp_path, monkeypatch,
+                                                                     prefect_api):
     """min_batch 1: the batch's scanner and HU are judged against the training summary and drift."""
     from typer.testing import CliRunner
 
@@ -275,8 +276,6 @@ def test_cli_exits_non_zero_on_drift_and_flow_completes_with_warning(champion, e
     assert "DRIFT ALERT" in res.output and "screened 3" in res.output
     assert not [x for q in PEOPLE.values() for x in (q["mrn"], q["acc"]) if x in res.output]
 
-    from flows.runtime import configure_prefect
-    configure_prefect({"flows": {"prefect_home": str(tmp_path / ".prefect")}})
-    from flows.screen import screen
+    from flows.screen import screen                      # on the session's Prefect server (prefect_api)
     state = screen(str(pfile), str(raw), str(tmp_path / "o2"), segmenter=segmenter, return_state=True)
     assert state.is_completed() and "drift alert" in state.message

@@ -31,9 +31,9 @@ champion, export = _tsb.champion, _tsb.export
 
 
 @pytest.fixture
-def prefect_home(tmp_path):
-    from flows.runtime import configure_prefect
-    configure_prefect({"flows": {"prefect_home": str(tmp_path / ".prefect"), "ephemeral_startup_timeout_s": 300}})
+def prefect_home(prefect_api):
+    """The session's Prefect server (tests/conftest.py), not an embedded server per test."""
+    return prefect_api
 
 
 def _tables(batch_dir: Path) -> dict[str, pd.DataFrame]:
