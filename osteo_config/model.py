@@ -130,9 +130,16 @@ class MoEConfig:
     position_extra: float = 1.0
     # vertebrae.parquet columns (features.roi.DESCRIPTOR_COLUMNS) fed beside the image embedding; () = none
     descriptors: tuple[str, ...] = ()
+    # linear path from [standardised descriptors, DXA vendor, contrast] to the BMD z and the osteoporosis
+    # logit, fitted in closed form on the training split before fine-tuning (wide & deep); False = none
+    wide: bool = False
+    wide_ridge: float = 1.0
+    wide_logistic_c: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.n_experts >= 1 and self.n_levels >= 1, "model.moe n_experts and n_levels >= 1")
+        _check(not self.wide or bool(self.descriptors), "model.moe.wide needs model.moe.descriptors (its inputs)")
+        _check(self.wide_ridge >= 0 and self.wide_logistic_c > 0, "model.moe.wide_ridge >= 0 and wide_logistic_c > 0")
         _check(len(set(self.descriptors)) == len(self.descriptors), "model.moe.descriptors lists a column twice")
         _check(0 <= self.vendor_dropout < 1 and 0 <= self.contrast_dropout < 1,
                "model.moe.vendor_dropout and contrast_dropout in [0, 1)")

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from osteo_config.model import AugmentConfig, UnknownVendorError, device_index
+from osteo_config.model import AugmentConfig, MoEConfig, UnknownVendorError, device_index
 from osteo_config.texture import GLCMSettings
 from osteo_model.augment import check_fill_value, draw_reimaging, pool_mask, reimaged_pool
 from osteo_model.config import POOL_CHANNELS
@@ -96,6 +96,21 @@ def _flag(row: pd.Series, key: str) -> int | None:
 def _num(row: pd.Series, key: str, default: float) -> float:
     value = row.get(key, default)
     return default if value is None or pd.isna(value) else float(value)
+
+
+def wide_inputs(frame: pd.DataFrame, moe: MoEConfig) -> dict[str, np.ndarray]:
+    """Arguments of :meth:`osteo_model.moe.MoEHead.init_wide` for the rows of ``frame``, mapped as the
+    dataset maps them: raw descriptors, device and contrast indices, BMD (NaN unknown) and the
+    osteoporosis label (1 = who_class 2, 0 = other class, -1 unknown)."""
+    rows = [row for _, row in frame.iterrows()]
+    who = np.array([int(_num(r, "who_class", -1)) for r in rows], dtype=np.int64)
+    return {
+        "descriptors": descriptor_matrix(frame, moe.descriptors),
+        "device": np.array([device_index(moe.device_vendors, r.get("device_vendor")) for r in rows], dtype=np.int64),
+        "contrast": np.array([contrast_index(_flag(r, "contrast")) for r in rows], dtype=np.int64),
+        "bmd_g_cm2": np.array([_num(r, "bmd_g_cm2", float("nan")) for r in rows], dtype=np.float64),
+        "osteoporotic": np.where(who < 0, -1, (who == 2).astype(np.int64)),
+    }
 
 
 class TexturePoolDataset(Dataset):

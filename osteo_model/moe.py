@@ -78,6 +78,17 @@ def contrast_index(value) -> int:
     raise ValueError(f"contrast flag {value!r} is not 0/1: fix the vertebra table (data contract: contrast 0/1)")
 
 
+def wide_width(cfg: MoEConfig) -> int:
+    """Inputs of the wide path: k descriptors, n_devices vendor indicators, N_CONTRAST contrast indicators."""
+    return len(cfg.descriptors) + cfg.n_devices + N_CONTRAST
+
+
+def wide_features(z: torch.Tensor, device: torch.Tensor, contrast: torch.Tensor, cfg: MoEConfig) -> torch.Tensor:
+    """(B, wide_width) = [standardised descriptors, one-hot device index, one-hot contrast index]."""
+    return torch.cat([z.float(), F.one_hot(device.long(), cfg.n_devices).float(),
+                      F.one_hot(contrast.long(), N_CONTRAST).float()], dim=1)
+
+
 class MoEHead(nn.Module):
     """Device-aware gate, N experts and the three task heads (plus the optional contrast embedding)."""
 
@@ -99,6 +110,12 @@ class MoEHead(nn.Module):
             self.register_buffer("desc_mean", torch.zeros(k))
             self.register_buffer("desc_std", torch.ones(k))
             self.desc_mlp = nn.Sequential(nn.Linear(k, embed_dim), nn.ReLU(), nn.Linear(embed_dim, embed_dim))  # G_I
+        if cfg.wide:
+            # wide path: [z descriptors, one-hot device, one-hot contrast] -> [osteoporosis logit, BMD z];
+            # zero until init_wide fits it in closed form on the training split
+            self.wide = nn.Linear(wide_width(cfg), 2)
+            nn.init.zeros_(self.wide.weight)
+            nn.init.zeros_(self.wide.bias)
         self.experts = nn.ModuleList(
             nn.Sequential(nn.Linear(embed_dim, cfg.expert_hidden), nn.ReLU()) for _ in range(n_experts)
         )
@@ -111,6 +128,41 @@ class MoEHead(nn.Module):
         std = np.where(np.asarray(std, dtype=np.float64) > 0, std, 1.0)
         self.desc_mean.copy_(torch.as_tensor(np.asarray(mean, dtype=np.float32)))
         self.desc_std.copy_(torch.as_tensor(np.asarray(std, dtype=np.float32)))
+
+    def standardise(self, descriptors: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Raw descriptors (B, k) -> z with the training split's mean/SD (the buffers)."""
+        d = torch.as_tensor(descriptors, dtype=self.desc_mean.dtype, device=self.desc_mean.device)
+        return (d - self.desc_mean) / self.desc_std
+
+    @torch.no_grad()
+    def init_wide(self, descriptors: np.ndarray, device: np.ndarray, contrast: np.ndarray,
+                  bmd_g_cm2: np.ndarray, osteoporotic: np.ndarray) -> dict[str, float]:
+        """Fit the wide path in closed form on labelled training rows (after :meth:`set_descriptor_stats`).
+
+        BMD z: ridge regression (``wide_ridge``) on the rows with a finite BMD; the osteoporosis logit:
+        L2 logistic regression (``wide_logistic_c``) on the rows with a class (``osteoporotic`` 0/1, -1
+        unknown). Unpenalised intercepts; deterministic. The deep part then fine-tunes on top of it.
+
+        Returns the training fit of each part (``bmd_r``, ``class_rows``, ``bmd_rows``) for the run's log.
+        """
+        from sklearn.linear_model import LogisticRegression, Ridge
+
+        x = wide_features(self.standardise(descriptors), torch.as_tensor(device), torch.as_tensor(contrast),
+                          self.cfg).cpu().numpy().astype(np.float64)
+        y = (np.asarray(bmd_g_cm2, dtype=np.float64) - self.cfg.bmd_center) / self.cfg.bmd_scale
+        c = np.asarray(osteoporotic)
+        has_b, has_c = np.isfinite(y), c >= 0
+        out = {"bmd_rows": float(has_b.sum()), "class_rows": float(has_c.sum()), "bmd_r": float("nan")}
+        if has_b.sum() >= 2:
+            r = Ridge(alpha=self.cfg.wide_ridge).fit(x[has_b], y[has_b])
+            self.wide.weight[1].copy_(torch.as_tensor(r.coef_, dtype=self.wide.weight.dtype))
+            self.wide.bias[1] = float(r.intercept_)
+            out["bmd_r"] = float(np.corrcoef(r.predict(x[has_b]), y[has_b])[0, 1])
+        if has_c.sum() >= 2 and len(np.unique(c[has_c])) == 2:
+            lr = LogisticRegression(C=self.cfg.wide_logistic_c, max_iter=5000).fit(x[has_c], c[has_c])
+            self.wide.weight[0].copy_(torch.as_tensor(lr.coef_[0], dtype=self.wide.weight.dtype))
+            self.wide.bias[0] = float(lr.intercept_[0])
+        return out
 
     def forward(self, p_i: torch.Tensor, device: torch.Tensor,
                 contrast: torch.Tensor | None = None, descriptors: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -129,9 +181,9 @@ class MoEHead(nn.Module):
                     f"columns written by ingestion), got {None if descriptors is None else tuple(descriptors.shape)}")
             z = (descriptors.to(p_i.dtype) - self.desc_mean) / self.desc_std
             p_i = p_i + self.desc_mlp(z)                                      # (B, E)
+        if contrast is None:
+            contrast = torch.full_like(device, UNKNOWN_CONTRAST)
         if self.cfg.use_contrast:
-            if contrast is None:
-                contrast = torch.full_like(device, UNKNOWN_CONTRAST)
             p_i = p_i + self.contrast_embed(contrast)                          # (B, E)
         e = torch.stack([expert(p_i) for expert in self.experts], dim=1)      # (B, N, F)
         if self.cfg.use_moe:
@@ -139,9 +191,14 @@ class MoEHead(nn.Module):
         else:
             alpha = torch.ones(p_i.shape[0], 1, device=p_i.device, dtype=e.dtype)  # (B, 1)
         h = mix_experts(e, alpha)                                             # (B, F)
+        class_logits, bmd_z = self.class_head(h), self.bmd_head(h).squeeze(-1)
+        if self.cfg.wide:
+            w = self.wide(wide_features(z, device, contrast, self.cfg).to(h.dtype))  # (B, 2)
+            class_logits = class_logits + F.pad(w[:, :1], (1, 0))             # adds to the osteoporosis logit
+            bmd_z = bmd_z + w[:, 1]
         return {
-            "class_logits": self.class_head(h),                               # (B, 2)
-            "bmd_z": self.bmd_head(h).squeeze(-1),                            # (B,)
+            "class_logits": class_logits,                                     # (B, 2)
+            "bmd_z": bmd_z,                                                   # (B,)
             "level_logits": self.level_head(h),                               # (B, n_levels)
             "gate": alpha,                                                    # (B, N)
         }

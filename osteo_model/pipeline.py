@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import logging
+
 import numpy as np
 import pandas as pd
 import torch
@@ -33,13 +35,15 @@ from osteo_model.backbones import build_backbone
 
 from osteo_model.companion import ScreeningModel, ScreeningObjective, adaptive_triplet_loss, batch_triplets
 from osteo_model.config import POOL_CHANNELS, BackboneConfig, CompanionConfig, ModelConfig, MoEConfig, TrainConfig
-from osteo_model.data import TexturePoolDataset, descriptor_matrix
+from osteo_model.data import TexturePoolDataset, descriptor_matrix, wide_inputs
 from osteo_model.moe import MultiTaskModel, MultiTaskObjective, decode_outputs, unified_loss
 from osteo_model.norm import ChannelNorm
 from osteo_model.operating_point import OperatingPoint, operating_point_path
 from osteo_model.swav import SwAVModel, SwAVObjective
 from osteo_model.train import (MetricsCallback, Objective, barrier, fit, rank, resolve_device, seed_everything,
                                world_size)
+
+log = logging.getLogger(__name__)
 
 # Feast FeatureService whose texture pools the model reads: the contract between features/ and osteo_model/
 SCREENING_FEATURE_SERVICE = "osteo_screening_v1"
@@ -184,6 +188,10 @@ def run_finetune(spec: ExperimentSpec, train_frame: pd.DataFrame, interim_dir: P
     if mcfg.moe.descriptors:                                 # standardised on the fine-tuning rows
         d = descriptor_matrix(frame, mcfg.moe.descriptors)
         model.head.set_descriptor_stats(d.mean(axis=0), d.std(axis=0))
+    if mcfg.moe.wide:                                        # closed-form wide path on the labelled rows
+        fit_wide = model.head.init_wide(**wide_inputs(train_frame, mcfg.moe))
+        log.info("wide path fitted on %d BMD / %d class rows (training BMD r %.3f)",
+                 fit_wide["bmd_rows"], fit_wide["class_rows"], fit_wide["bmd_r"])
     if init:
         model.encoder.load_state_dict(init["encoder"])       # raises on an architecture mismatch
     tag = f"finetune:{init['method'] if init else 'scratch'}"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 
@@ -173,3 +175,38 @@ def test_descriptors_enter_the_prediction_standardised_and_are_required(backbone
         model(pool, dev)
     with pytest.raises(DescriptorInputError):
         model(pool, dev, descriptors=d[:, :1])
+
+
+def test_wide_path_is_fitted_in_closed_form_and_adds_to_bmd_and_logit():
+    # purpose: the wide path (model.moe.wide) reproduces a linear relation of descriptors, vendor and contrast
+    # to BMD from its closed-form fit alone (deep part silent), moves only the osteoporosis logit, trains, and
+    # a wide head without descriptors is a config error
+    from osteo_config.model import ModelConfigError
+    rng = np.random.default_rng(0)
+    n = 300
+    d = rng.normal([1000.0, 40.0], [300.0, 5.0], size=(n, 2))
+    dev, con = rng.integers(0, 3, n), rng.integers(0, 2, n)
+    bmd = 0.5 + 0.0004 * d[:, 0] + 0.004 * d[:, 1] + 0.06 * (dev == 1) - 0.03 * con
+    cls = (bmd < np.quantile(bmd, 0.3)).astype(int)
+    cls[:20] = -1                                                           # unknown class rows are left out
+    bmd[20:40] = np.nan                                                     # unknown BMD rows too
+    head = MoEHead(8, MoEConfig(expert_hidden=8, descriptors=("proj_hu_mm", "body_width_mm"), wide=True))
+    for p in [*head.experts.parameters(), *head.bmd_head.parameters(), *head.class_head.parameters()]:
+        torch.nn.init.zeros_(p)                                             # the deep part says nothing
+    head.set_descriptor_stats(d.mean(axis=0), d.std(axis=0))
+    before = head(torch.zeros(n, 8), torch.as_tensor(dev), torch.as_tensor(con), torch.as_tensor(d, dtype=torch.float32))
+    assert torch.count_nonzero(before["bmd_z"]) == 0                        # zero until fitted
+    fit = head.init_wide(d, dev, con, bmd, cls)
+    assert fit["bmd_rows"] == n - 20 and fit["class_rows"] == n - 20 and fit["bmd_r"] > 0.999
+    out = head(torch.zeros(n, 8), torch.as_tensor(dev), torch.as_tensor(con), torch.as_tensor(d, dtype=torch.float32))
+    pred = out["bmd_z"].detach().numpy() * head.cfg.bmd_scale + head.cfg.bmd_center
+    ok = np.isfinite(bmd)
+    np.testing.assert_allclose(pred[ok], bmd[ok], atol=5e-3)
+    assert torch.count_nonzero(out["class_logits"][:, 0]) == 0              # only the osteoporosis logit moves
+    score = F.softmax(out["class_logits"], dim=-1)[:, 1].detach().numpy()
+    known = cls >= 0
+    assert score[known][cls[known] == 1].mean() > score[known][cls[known] == 0].mean() + 0.3
+    out["bmd_z"].sum().backward()
+    assert head.wide.weight.grad is not None and head.wide.weight.grad.abs().sum() > 0
+    with pytest.raises(ModelConfigError, match="wide needs"):
+        MoEConfig(wide=True)
