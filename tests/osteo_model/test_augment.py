@@ -166,7 +166,7 @@ def test_finetuning_gets_augmentation_and_pretraining_does_not(tmp_path, monkeyp
         raise Stop
 
     monkeypatch.setattr(pipeline, "fit", spy)
-    spec = load_config(profile="tiny", overrides={"model": {"augment": {"p": 0.5}, "moe": {"descriptors": []}},
+    spec = load_config(profile="tiny", overrides={"model": {"augment": {"p": 0.5}, "moe": {"descriptors": [], "wide": False}},
                                                   "train": {"device": "cpu"}}).experiment()
     frame = _write(tmp_path, n=2)
     for name, run in (("pre", pipeline.run_pretrain), ("fine", pipeline.run_finetune),
