@@ -21,6 +21,10 @@ Departures from the paper, each explicit:
   by a 2-layer MLP G_I and added to P_I like C_I. DXA aBMD = BMC / projected area:
   without them the model sees only the density of the trabecular core, which caps its
   BMD correlation near that of trabecular vBMD with DXA (docs/results.md).
+* **Wide path** (``wide``): [standardised descriptors, one-hot device, one-hot contrast] map linearly
+  onto the osteoporosis logit and the BMD z, added to the heads' outputs (wide & deep). Fitted in
+  closed form on the labelled training rows (:meth:`MoEHead.init_wide`: ridge / L2 logistic) before
+  fine-tuning, then trained with the rest, so the network learns the residual of a linear model.
 * **Unknown device / contrast** rows are trained by dropout (``vendor_dropout``,
   ``contrast_dropout``): each training vertebra's index is replaced by "unknown" with
   that probability (a deterministic function of seed, step and dataset index, so DDP
@@ -84,9 +88,16 @@ def wide_width(cfg: MoEConfig) -> int:
 
 
 def wide_features(z: torch.Tensor, device: torch.Tensor, contrast: torch.Tensor, cfg: MoEConfig) -> torch.Tensor:
-    """(B, wide_width) = [standardised descriptors, one-hot device index, one-hot contrast index]."""
-    return torch.cat([z.float(), F.one_hot(device.long(), cfg.n_devices).float(),
-                      F.one_hot(contrast.long(), N_CONTRAST).float()], dim=1)
+    """(B, wide_width) = [standardised descriptors, one-hot device index, one-hot contrast index].
+
+    The device columns are 0 when the model takes no device (``use_moe: false``, the "no MoE" ablation) and
+    the contrast columns 0 when it takes no contrast (``use_contrast: false``): the wide path never adds an
+    input the configuration leaves out.
+    """
+    dev = F.one_hot(device.long(), cfg.n_devices).float()
+    con = F.one_hot(contrast.long(), N_CONTRAST).float()
+    return torch.cat([z.float(), dev if cfg.use_moe else torch.zeros_like(dev),
+                      con if cfg.use_contrast else torch.zeros_like(con)], dim=1)
 
 
 class MoEHead(nn.Module):

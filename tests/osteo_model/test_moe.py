@@ -210,3 +210,16 @@ def test_wide_path_is_fitted_in_closed_form_and_adds_to_bmd_and_logit():
     assert head.wide.weight.grad is not None and head.wide.weight.grad.abs().sum() > 0
     with pytest.raises(ModelConfigError, match="wide needs"):
         MoEConfig(wide=True)
+
+
+def test_wide_path_takes_no_device_in_the_no_moe_ablation():
+    # purpose: "no MoE" means no device input: the wide path must not bring the vendor back
+    cfg = MoEConfig(expert_hidden=8, descriptors=("proj_hu_mm",), wide=True, use_moe=False)
+    head = MoEHead(8, cfg)
+    head.set_descriptor_stats(np.zeros(1), np.ones(1))
+    torch.nn.init.normal_(head.wide.weight)
+    d, con = torch.ones(2, 1), torch.zeros(2, dtype=torch.long)
+    a = head(torch.zeros(2, 8), torch.tensor([0, 0]), con, d)
+    b = head(torch.zeros(2, 8), torch.tensor([1, 2]), con, d)
+    torch.testing.assert_close(a["bmd_z"], b["bmd_z"])
+    torch.testing.assert_close(a["class_logits"], b["class_logits"])
