@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from osteo_testing.processes import free_port
 
 PG_ADMIN = os.environ.get("OSTEO_TEST_POSTGRES_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 ADMIN_USER = "admin"
@@ -58,13 +59,6 @@ class MlflowServer:
         if not self.auth:
             return {}
         return {"MLFLOW_TRACKING_USERNAME": str(self.username), "MLFLOW_TRACKING_PASSWORD": str(self.password)}
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _admin_connection():

@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
 
 import requests
+
+from osteo_testing.processes import free_port, stop
 
 DICOMWEB_PLUGINS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so")
 START_TIMEOUT_S = 120.0       # the machine is shared: Orthanc may take a while to open its database
@@ -36,12 +37,6 @@ def orthanc_missing() -> str | None:
         return ("Orthanc or its DICOMweb plugin is not installed: `make orthanc` (part of `make test`) installs "
                 "them (apt-get install orthanc orthanc-dicomweb); the PACS tests are skipped")
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -88,9 +83,4 @@ def running_orthanc(workdir: Path, start_timeout_s: float = START_TIMEOUT_S,
                     time.sleep(0.3)
             yield f"{base}/dicom-web"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)

@@ -9,7 +9,6 @@ error naming the server's log, never a skip.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from osteo_testing.processes import free_port, stop
+
 START_TIMEOUT_S = 600.0     # a busy 2-core machine (CI) can take minutes to migrate the database and start
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _healthy(url: str) -> bool:
@@ -43,7 +38,7 @@ def prefect_server(home: Path, timeout_s: float = START_TIMEOUT_S) -> Iterator[s
         RuntimeError: the server exited or was not healthy within ``timeout_s`` (its log is named).
     """
     home.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
@@ -63,12 +58,7 @@ def prefect_server(home: Path, timeout_s: float = START_TIMEOUT_S) -> Iterator[s
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @contextmanager
