@@ -267,11 +267,13 @@ def _run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: 
         manifest.pop(item, None)
     # fold the batch records into the manifest, then drop them (a crash in between only repeats the fold)
     atomic.write_json(out_dir / MANIFEST, manifest, sort_keys=True)
+    # temp files a killed run left anywhere in the folder (a pool cut short, a batch record, a table):
+    # safe only because run_texture holds the folder's lock, so no other run is writing here
+    for stray in atomic.stray_temp_files(out_dir):
+        stray.unlink()
     if (out_dir / JOURNAL).is_dir():
         for rec in (out_dir / JOURNAL).glob("batch-*.json"):
             rec.unlink()
-        for stray in atomic.stray_temp_files(out_dir / JOURNAL):
-            stray.unlink()
         (out_dir / JOURNAL).rmdir()
 
     done = vert[vert["item"].isin([k for k, v in manifest.items() if v.get("params_hash") == phash])]

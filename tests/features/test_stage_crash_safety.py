@@ -200,3 +200,17 @@ def test_atomic_writes_leave_the_old_file_when_the_writer_fails(tmp_path):
     assert atomic.stray_temp_files(tmp_path) == []
     names = {atomic.temp_name(path).name for _ in range(100)}
     assert len(names) == 100 and all(n.startswith(".table.json.") and n.endswith(".tmp") for n in names)
+
+
+def test_a_pool_temp_file_left_by_a_killed_write_is_removed_by_the_next_run(interim, reference, tmp_path):
+    """SIGKILL can land inside a pool's atomic write; the resumed run sweeps the half-written temp away."""
+    out = tmp_path / "texture"
+    proc = _spawn(interim, out)
+    _kill_after(proc, out, 3)
+    pool = next((out / "pools").rglob("*.npy"))
+    stray = atomic.temp_name(pool)           # what atomic_writer leaves when killed mid-write
+    stray.write_bytes(pool.read_bytes()[:100])
+    run_texture(_cfg(), interim, out, progress=False)
+    assert not stray.exists()
+    assert atomic.stray_temp_files(out) == []
+    assert _files(out) == _files(reference)
