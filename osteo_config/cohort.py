@@ -93,19 +93,22 @@ class SiteConfig:
     female_share: float
     contrast_share: float
 
-    def n_patients(self, scale: float, test_scale: float | None = None) -> int:
-        """Generated patient count: round(scale x Table-1 total), at least 2; with ``test_scale``,
-        round(scale x (train + valid)) + round(test_scale x test) (see :meth:`planned_splits`)."""
-        if test_scale is None:
+    def n_patients(self, scale: float, test_scale: float | None = None, valid_scale: float | None = None) -> int:
+        """Generated patient count: round(scale x Table-1 total), at least 2; with ``test_scale`` or
+        ``valid_scale``, the sum of :meth:`planned_splits` (each split rounded on its own)."""
+        if test_scale is None and valid_scale is None:
             return max(2, int(math.floor(scale * sum(self.patients) + 0.5)))
-        return max(2, sum(self.planned_splits(scale, test_scale)))
+        return max(2, sum(self.planned_splits(scale, test_scale, valid_scale)))
 
-    def planned_splits(self, scale: float, test_scale: float | None = None) -> tuple[int, int, int]:
-        """Train / valid / test patients the site is generated for: Table 1 x ``scale``, the test
-        count x ``test_scale`` instead when given (rounded half up)."""
+    def planned_splits(self, scale: float, test_scale: float | None = None,
+                       valid_scale: float | None = None) -> tuple[int, int, int]:
+        """Train / valid / test patients the site is generated for: Table 1 x ``scale``; the test count
+        x ``test_scale`` and the valid count x ``valid_scale`` instead when given (rounded half up).
+        The train count always stays at ``scale``: the training site mix is the paper's."""
         train, valid, test = (tuple(self.patients) + (0, 0, 0))[:3]
         r = lambda x: int(math.floor(x + 0.5))  # noqa: E731
-        return r(scale * train), r(scale * valid), r((scale if test_scale is None else test_scale) * test)
+        return (r(scale * train), r((scale if valid_scale is None else valid_scale) * valid),
+                r((scale if test_scale is None else test_scale) * test))
 
 
 @dataclass(frozen=True)
@@ -197,14 +200,15 @@ class CohortConfig:
     timing: TimingConfig
     faults: dict[str, float] = field(default_factory=dict)
     test_scale: dict[str, float] = field(default_factory=dict)   # site -> scale of its Table-1 test count
+    valid_scale: dict[str, float] = field(default_factory=dict)  # site -> scale of its Table-1 valid count
 
     def n_patients(self, site: str) -> int:
-        """Patients generated for ``site`` (``scale``, and ``test_scale`` for its test count when set)."""
-        return self.sites[site].n_patients(self.scale, self.test_scale.get(site))
+        """Patients generated for ``site`` (``scale``; ``test_scale`` / ``valid_scale`` for those counts when set)."""
+        return self.sites[site].n_patients(self.scale, self.test_scale.get(site), self.valid_scale.get(site))
 
     def split_fractions(self, site: str) -> tuple[float, float, float]:
         """The site's planned train / valid / test shares (``splits.site_fractions: cohort``)."""
-        counts = self.sites[site].planned_splits(self.scale, self.test_scale.get(site))
+        counts = self.sites[site].planned_splits(self.scale, self.test_scale.get(site), self.valid_scale.get(site))
         total = sum(counts)
         if total == 0:
             raise CohortConfigError(f"cohort.sites.{site}: no patients planned: cannot derive split fractions")
@@ -243,10 +247,13 @@ class CohortConfig:
                 if sc not in scanners:
                     raise CohortConfigError(f"site {name}: scanner {sc!r} not in cohort.scanners {sorted(scanners)}")
             sites[name] = site
-        test_scale = {str(k): float(v) for k, v in (c.get("test_scale") or {}).items()}
-        bad = sorted(set(test_scale) - set(c.get("sites") or {})) + sorted(k for k, v in test_scale.items() if v < 0)
-        if bad:
-            raise CohortConfigError(f"cohort.test_scale: {bad}: keys must be sites of cohort.sites, values >= 0")
+        split_scales: dict[str, dict[str, float]] = {}
+        for key in ("test_scale", "valid_scale"):
+            sc = {str(k): float(v) for k, v in (c.get(key) or {}).items()}
+            bad = sorted(set(sc) - set(c.get("sites") or {})) + sorted(k for k, v in sc.items() if v < 0)
+            if bad:
+                raise CohortConfigError(f"cohort.{key}: {bad}: keys must be sites of cohort.sites, values >= 0")
+            split_scales[key] = sc
         faults = {k: float(v) for k, v in (c.get("faults") or {}).items()}
         unknown = set(faults) - set(FAULT_KINDS)
         if unknown:
@@ -272,5 +279,5 @@ class CohortConfig:
             fine_voxel_mm=float(_need(c, "fine_voxel_mm", "cohort")),
             fov_mm=tuple(float(v) for v in _need(c, "fov_mm", "cohort")),
             sites=sites, scanners=scanners, dxa_devices=devices,
-            bone=bone, ct=ct, timing=timing, faults=faults, test_scale=test_scale,
+            bone=bone, ct=ct, timing=timing, faults=faults, **split_scales,
         )

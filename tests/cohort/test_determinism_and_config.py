@@ -65,28 +65,40 @@ def test_unknown_references_and_foreign_output_folders_are_refused(tmp_path):
     assert (tmp_path / "raw" / "hospital.txt").exists()
 
 
-def test_test_scale_enlarges_only_the_test_split_and_splits_follow_it():
+def test_test_and_valid_scales_enlarge_only_their_splits_and_splits_follow_them():
     from osteo_config.splits import SplitConfig, SplitError
 
     params = load_params(REPO / "params.yaml", "demo")
     cfg = CohortConfig.from_params(params)
     for name, site in cfg.sites.items():
-        train, valid, test = site.planned_splits(cfg.scale, cfg.test_scale.get(name))
+        train, valid, test = site.planned_splits(cfg.scale, cfg.test_scale.get(name), cfg.valid_scale.get(name))
         t_train, t_valid, t_test = site.patients
-        # training keeps the paper's site mix: train/valid at `scale` exactly as without test_scale
-        assert (train, valid) == site.planned_splits(cfg.scale)[:2]
+        # training keeps the paper's site mix: train at `scale` exactly as without the split scales
+        assert train == site.planned_splits(cfg.scale)[0] == int(cfg.scale * t_train + 0.5)
+        assert valid == int(cfg.valid_scale.get(name, cfg.scale) * t_valid + 0.5)
         assert test == int(cfg.test_scale.get(name, cfg.scale) * t_test + 0.5)
         assert cfg.n_patients(name) == train + valid + test
     assert cfg.n_patients("B") > cfg.sites["B"].n_patients(cfg.scale)     # the demo's B test split is enlarged
+    # the demo's validation split holds every internal site in the test split's proportions
+    assert {s: cfg.valid_scale[s] for s in ("A", "B", "C")} == {s: cfg.test_scale[s] for s in ("A", "B", "C")}
+    assert cfg.sites["C"].planned_splits(cfg.scale, None, cfg.valid_scale["C"])[1] > \
+        cfg.sites["C"].planned_splits(cfg.scale)[1]
     splits = SplitConfig.from_params(params)
     for name, fr in splits.site_fractions:
-        counts = cfg.sites[name].planned_splits(cfg.scale, cfg.test_scale.get(name))
+        counts = cfg.sites[name].planned_splits(cfg.scale, cfg.test_scale.get(name), cfg.valid_scale.get(name))
         assert fr == pytest.approx(tuple(c / sum(counts) for c in counts))
     assert "D" not in dict(splits.site_fractions)                           # external: test-only anyway
-    # without test_scale the old rule holds: round(scale x Table-1 total)
-    plain = CohortConfig.from_params({**params, "cohort": {**params["cohort"], "test_scale": None}})
+    # without the split scales the old rule holds: round(scale x Table-1 total)
+    plain = CohortConfig.from_params({**params, "cohort": {**params["cohort"], "test_scale": None,
+                                                           "valid_scale": None}})
     assert plain.n_patients("A") == plain.sites["A"].n_patients(plain.scale)
+    only_valid = CohortConfig.from_params({**params, "cohort": {**params["cohort"], "test_scale": None}})
+    assert only_valid.sites["B"].planned_splits(only_valid.scale, None, only_valid.valid_scale["B"]) == (
+        plain.sites["B"].planned_splits(plain.scale)[0], int(0.36 * 112 + 0.5), plain.sites["B"].planned_splits(plain.scale)[2])
     with pytest.raises(SplitError, match="cohort"):
         SplitConfig.from_params({**params, "splits": {**params["splits"], "site_fractions": "cohrt"}})
-    with pytest.raises(CohortConfigError, match="test_scale"):
-        CohortConfig.from_params({**params, "cohort": {**params["cohort"], "test_scale": {"Z": 0.1}}})
+    for key in ("test_scale", "valid_scale"):
+        with pytest.raises(CohortConfigError, match=key):
+            CohortConfig.from_params({**params, "cohort": {**params["cohort"], key: {"Z": 0.1}}})
+        with pytest.raises(CohortConfigError, match=key):
+            CohortConfig.from_params({**params, "cohort": {**params["cohort"], key: {"A": -0.1}}})
