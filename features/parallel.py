@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 
 from osteo_config.compute import ComputeConfig
 
@@ -44,28 +44,47 @@ class ItemExecutor:
         Raises:
             Whatever ``fn`` raises for an item (re-raised here, after the others were submitted).
         """
-        items, tick = list(items), on_done or (lambda: None)
+        return self.submit(fn, items).results(on_done)
+
+    def submit(self, fn: Callable[[T], R], items: Sequence[T]) -> "PendingItems[R]":
+        """Start ``fn`` on every item now (processes / Dask) and return at once; the caller does other
+        work, then collects with :meth:`PendingItems.results`. In-process, the items run at collection."""
+        items = list(items)
         if self._client is not None:
-            futures = self._client.map(fn, items, pure=False)   # pure=False: every item runs, none deduplicated
-            out: list = []
-            try:
-                for f in futures:                                # input order (the cluster runs them concurrently)
-                    out.append(f.result())
-                    tick()
-            finally:
-                self._client.cancel(futures)                     # an item failed: the rest are not left running
-            return out
+            # pure=False: every item runs, none deduplicated
+            return PendingItems(futures=self._client.map(fn, items, pure=False), cancel=self._client.cancel)
         if self._pool is not None and len(items) > 1:
-            futures = [self._pool.submit(fn, x) for x in items]
-            out = []
-            for f in futures:                                   # input order (the pool runs them concurrently)
-                out.append(f.result())
+            return PendingItems(futures=[self._pool.submit(fn, x) for x in items])
+        return PendingItems(thunk=(fn, items))
+
+
+class PendingItems(Generic[R]):
+    """Items submitted by :meth:`ItemExecutor.submit`; :meth:`results` waits for them in input order."""
+
+    def __init__(self, futures: list | None = None, cancel: Callable[[list], Any] | None = None,
+                 thunk: tuple[Callable, list] | None = None) -> None:
+        self._futures, self._cancel, self._thunk = futures, cancel, thunk
+
+    def results(self, on_done: Callable[[], None] | None = None) -> list[R]:
+        """The results in input order; ``on_done`` once per finished item.
+
+        Raises:
+            Whatever the function raised for an item (on Dask the items not yet finished are cancelled).
+        """
+        tick, out = on_done or (lambda: None), []
+        if self._thunk is not None:
+            fn, items = self._thunk
+            for x in items:
+                out.append(fn(x))
                 tick()
             return out
-        out = []
-        for x in items:
-            out.append(fn(x))
-            tick()
+        try:
+            for f in self._futures:             # input order (the pool / cluster runs them concurrently)
+                out.append(f.result())
+                tick()
+        finally:
+            if self._cancel is not None:
+                self._cancel(self._futures)     # an item failed: the rest are not left running
         return out
 
 

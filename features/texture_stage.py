@@ -219,6 +219,11 @@ def _run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: 
                     bar.update(2)
             if not batch:
                 continue
+            # scalar radiomics (pyradiomics, processes) start first and run while the engine computes the
+            # maps in this process: they read the ROI files, not the pools
+            jobs = [(r.item, str(ingest_dir / r.roi_path), [float(s) for s in np.asarray(r.spacing_mm).ravel()],
+                     {k: list(v) for k, v in cfg.scalar_features.items()}, cfg.glcm.bin_width) for r in batch]
+            pending = scalar_ex.submit(_scalar_job, jobs)
             t0 = time.perf_counter()
             try:
                 maps = glcm_maps_batch([h for h, _ in rois], [b for _, b in rois], cfg.glcm, device=cfg.device)
@@ -243,12 +248,9 @@ def _run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: 
                 rel, sha = _write_pool(out_dir, pool)
                 entries[r.item] = {"roi_sha256": r.roi_sha256, "params_hash": phash, "pool_path": rel,
                                    "pool_sha256": sha, "pool_shape": list(pool.shape), "radiomics": None}
-            # scalar radiomics (pyradiomics, processes) for this batch's pools
-            jobs = [(r.item, str(ingest_dir / r.roi_path), [float(s) for s in np.asarray(r.spacing_mm).ravel()],
-                     {k: list(v) for k, v in cfg.scalar_features.items()}, cfg.glcm.bin_width)
-                    for r in batch if r.item in entries]
-            results = scalar_ex.map(_scalar_job, jobs)
-            for item, feats, reason, detail in results:
+            for item, feats, reason, detail in pending.results():
+                if item not in entries:    # its maps failed: already quarantined with the engine's reason
+                    continue
                 bar.update(1)
                 if feats is None:
                     failed[item] = (reason, detail)

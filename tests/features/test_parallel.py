@@ -27,6 +27,11 @@ def _pid_square(x: int) -> tuple[int, int]:
     return x * x, os.getpid()
 
 
+def _touch(path: str) -> str:
+    open(path, "w").close()
+    return path
+
+
 def _fail_on_three(x: int) -> int:
     if x == 3:
         raise ValueError("item 3 is bad")
@@ -134,3 +139,24 @@ def test_texture_on_dask_matches_the_serial_run(dask_cluster, tmp_path):
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "serial" / name),
                                       pd.read_parquet(tmp_path / "dask" / name))
     assert _files(tmp_path / "serial", "*.npy") == _files(tmp_path / "dask", "*.npy")
+
+
+def test_submit_starts_the_items_in_the_workers_before_results_is_called(tmp_path):
+    """What lets the texture stage run pyradiomics while its engine computes maps in the parent."""
+    import time
+
+    paths = [str(tmp_path / f"item{i}") for i in range(4)]
+    with open_executor(2) as ex:
+        pending = ex.submit(_touch, paths)
+        t_end = time.monotonic() + 120
+        while not all(os.path.exists(p) for p in paths) and time.monotonic() < t_end:
+            time.sleep(0.01)
+        assert all(os.path.exists(p) for p in paths), "the processes did not run the items before collection"
+        ticks = []
+        assert pending.results(lambda: ticks.append(1)) == paths and len(ticks) == 4
+    serial = [str(tmp_path / f"serial{i}") for i in range(3)]
+    pending = ItemExecutor().submit(_touch, serial)
+    assert not any(os.path.exists(p) for p in serial), "in-process items run at collection, not at submit"
+    assert pending.results() == serial and all(os.path.exists(p) for p in serial)
+    with open_executor(2) as ex, pytest.raises(ValueError, match="item 3"):
+        ex.submit(_fail_on_three, [1, 2, 3, 4]).results()
