@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
+
+from osteo_testing.processes import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")            # Debian package `chromium`
 CHROMEDRIVER = Path("/usr/bin/chromedriver")    # Debian package `chromium-driver` (same version as the browser)
@@ -51,13 +52,6 @@ def missing_browser() -> str | None:
     except ImportError:
         return "selenium missing: run `.venv/bin/pip install -r requirements.lock`"
     return None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

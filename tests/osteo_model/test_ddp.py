@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +13,9 @@ import torch
 import yaml
 
 from osteo_model.sinkhorn import sinkhorn
+from osteo_testing.processes import free_port
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -32,7 +26,7 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.Popen:
 @pytest.mark.slow
 def test_ddp_two_ranks_match_single_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    port = str(_free_port())
+    port = str(free_port())
     procs = [_run([str(r), "2", port, str(tmp_path)], env) for r in range(2)] + [_run(["0", "1", port, str(tmp_path)], env)]
     for p in procs:
         out, _ = p.communicate(timeout=120)
@@ -69,7 +63,7 @@ def test_torchrun_through_the_cli_trains_data_parallel_and_writes_once(tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("OSTEO_PROFILE", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     for stage in ("pretrain", "finetune"):
-        cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), "--no-python", str(osteo),
+        cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "--no-python", str(osteo),
                "--params", str(tmp_path / "params.yaml"), "train", stage, "--method", "tp_swav"]
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
