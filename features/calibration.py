@@ -64,6 +64,7 @@ from scipy import ndimage
 from scipy.stats import norm
 
 from features.errors import IngestError
+from features.inplane import fill_holes_inplane, inplane_edt
 from features.roi import dilate_ball, erode_ball
 from osteo_config.ingest import CalibrationConfig
 
@@ -73,7 +74,6 @@ CALIBRATION_VERSION = "internal-1"
 UNCALIBRATED = "none"
 REFERENCES = ("air", "fat", "blood")
 REQUIRED = ("air", "fat")
-_Z_SAMPLING_MM = 1.0e4       # EDT sampling along z: distances stay in-plane (per axial slice)
 _MEDIAN_SE = 1.2533          # SE(median) = 1.2533 sigma / sqrt(n) for normal data
 _MAD_SIGMA = 1.4826          # sigma = 1.4826 MAD for normal data
 
@@ -197,10 +197,14 @@ def fit_line(measured: np.ndarray, reference: np.ndarray, weights: np.ndarray) -
 
 # --- segmentation ------------------------------------------------------------
 def _inplane_edt(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Per-slice (x, y) distance (mm) of each True voxel to the nearest False voxel."""
+    """Per-slice (x, y) distance (mm) of each True voxel to the nearest False voxel (float32).
+
+    :func:`features.inplane.inplane_edt`: equal to scipy's ``distance_transform_edt`` with a z
+    sampling no distance reaches (``tests/features/test_inplane.py``), ~20x cheaper.
+    """
     if not mask.any():
         return np.zeros(mask.shape, np.float32)
-    return ndimage.distance_transform_edt(mask, sampling=(spacing[0], spacing[1], _Z_SAMPLING_MM)).astype(np.float32)
+    return inplane_edt(mask, spacing)
 
 
 _INPLANE_Z_MM = 1.0e6        # chord morphology: a z spacing no radius reaches, so the ball is an in-plane disc
@@ -240,10 +244,7 @@ def body_outline(smooth: np.ndarray, valid: np.ndarray, threshold_hu: float) -> 
     lab, n = ndimage.label(dense)
     if n == 0:
         return dense
-    body = lab == (int(np.argmax(np.bincount(lab.ravel())[1:])) + 1)
-    for k in range(body.shape[2]):
-        body[:, :, k] = ndimage.binary_fill_holes(body[:, :, k])
-    return body
+    return fill_holes_inplane(lab == (int(np.argmax(np.bincount(lab.ravel())[1:])) + 1))
 
 
 @dataclass(frozen=True)
@@ -295,21 +296,39 @@ def blood_region(scene: StudyScene, cfg: CalibrationConfig, slope: float, interc
     noise distribution on one side and bias the median).
     """
     spine, sp = scene.spine, scene.spacing
-    box = np.zeros(scene.hu.shape, bool)
-    xs = np.arange(box.shape[0]) * sp[0]
-    ys = np.arange(box.shape[1]) * sp[1]
+    shape = scene.hu.shape
+    xs = np.arange(shape[0]) * sp[0]
+    ys = np.arange(shape[1]) * sp[1]
+    boxes = []                                   # (z, x range, y range) per labelled slice
     for k in np.nonzero(spine.any(axis=(0, 1)))[0]:
         ix, iy = np.nonzero(spine[:, :, k])
         x_c, y_front = float(np.median(xs[ix])), float(np.percentile(ys[iy], 98))
-        bx = (xs >= x_c + cfg.blood_box_x_mm[0]) & (xs <= x_c + cfg.blood_box_x_mm[1])
-        by = (ys >= y_front + cfg.blood_box_y_mm[0]) & (ys <= y_front + cfg.blood_box_y_mm[1])
-        box[:, :, k] = bx[:, None] & by[None, :]
+        bx = np.nonzero((xs >= x_c + cfg.blood_box_x_mm[0]) & (xs <= x_c + cfg.blood_box_x_mm[1]))[0]
+        by = np.nonzero((ys >= y_front + cfg.blood_box_y_mm[0]) & (ys <= y_front + cfg.blood_box_y_mm[1]))[0]
+        if bx.size and by.size:
+            boxes.append((int(k), bx, by))
+    region = np.zeros(shape, bool)
+    if not boxes:
+        return region
+    # work on the boxes' bounding box, widened in-plane by more than the erosion radius: outside it the
+    # candidates are all False, so the erosion (and the labelling) inside it is the whole volume's
+    pad = [int(np.ceil(cfg.blood_margin_mm / sp[a])) + 1 for a in range(2)]
+    x0 = max(min(int(b[1][0]) for b in boxes) - pad[0], 0)
+    x1 = min(max(int(b[1][-1]) for b in boxes) + 1 + pad[0], shape[0])
+    y0 = max(min(int(b[2][0]) for b in boxes) - pad[1], 0)
+    y1 = min(max(int(b[2][-1]) for b in boxes) + 1 + pad[1], shape[1])
+    z0, z1 = boxes[0][0], boxes[-1][0] + 1
+    crop = (slice(x0, x1), slice(y0, y1), slice(z0, z1))
+    box = np.zeros((x1 - x0, y1 - y0, z1 - z0), bool)
+    for k, bx, by in boxes:
+        box[bx[0] - x0:bx[-1] + 1 - x0, by[0] - y0:by[-1] + 1 - y0, k - z0] = True
     lo, hi = cfg.blood_window_hu
-    cal = np.float32(slope) * scene.smooth + np.float32(intercept)
-    cand = box & scene.body & scene.valid & (cal >= lo) & (cal <= hi) & ~scene.near_spine
+    cal = np.float32(slope) * scene.smooth[crop] + np.float32(intercept)
+    cand = box & scene.body[crop] & scene.valid[crop] & (cal >= lo) & (cal <= hi) & ~scene.near_spine[crop]
     core = inplane_core(cand, cfg.blood_margin_mm, sp)
     lab, n = ndimage.label(core)
-    return lab == (int(np.argmax(np.bincount(lab.ravel())[1:])) + 1) if n else core
+    region[crop] = lab == (int(np.argmax(np.bincount(lab.ravel())[1:])) + 1) if n else core
+    return region
 
 
 # --- the study-level entry point ---------------------------------------------

@@ -6,8 +6,10 @@ JointAverage, Contrast, DifferenceAverage. Outside the body mask the maps hold
 pyradiomics' fill value (``initValue`` = 0, ``texture.fill_value``); inside
 they are pyradiomics' values, NaN included (JointAverage is NaN at a voxel
 whose kernel has no pair along some direction that has pairs elsewhere; the
-count is reported as ``nan_voxels``). Then ``texture.parquet`` and
-``radiomics.parquet`` in ``out_dir``. Resumable: ``<out_dir>/manifest.json``
+count is reported as ``nan_voxels``). Then ``texture.parquet`` (every vertebra) and
+``radiomics.parquet`` (scalar pyradiomics features of the levels in ``texture.scalar_levels``,
+by default L1-L4: the DXA-labelled levels the radiomics baseline trains and is scored on; the
+other levels would cost ~50 ms of pyradiomics each for columns nothing reads) in ``out_dir``. Resumable: ``<out_dir>/manifest.json``
 remembers, per vertebra, the ROI hash and the params hash it was computed with;
 a re-run skips unchanged vertebrae. Crash-safe: every file is written atomically
 (:mod:`features.atomic`), each finished batch is recorded at once in
@@ -221,8 +223,10 @@ def _run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: 
                 continue
             # scalar radiomics (pyradiomics, processes) start first and run while the engine computes the
             # maps in this process: they read the ROI files, not the pools
+            # only the levels of texture.scalar_levels (the ones a model or report reads them for)
             jobs = [(r.item, str(ingest_dir / r.roi_path), [float(s) for s in np.asarray(r.spacing_mm).ravel()],
-                     {k: list(v) for k, v in cfg.scalar_features.items()}, cfg.glcm.bin_width) for r in batch]
+                     {k: list(v) for k, v in cfg.scalar_features.items()}, cfg.glcm.bin_width) for r in batch
+                    if cfg.wants_scalar(r.level)]
             pending = scalar_ex.submit(_scalar_job, jobs)
             t0 = time.perf_counter()
             try:
@@ -246,8 +250,12 @@ def _run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: 
                 pool = np.concatenate([h[None], m.astype(np.float32)], axis=0)  # (5, x, y, z)
                 nan_voxels += int(np.isnan(pool).sum())
                 rel, sha = _write_pool(out_dir, pool)
+                scalar = cfg.wants_scalar(r.level)
                 entries[r.item] = {"roi_sha256": r.roi_sha256, "params_hash": phash, "pool_path": rel,
-                                   "pool_sha256": sha, "pool_shape": list(pool.shape), "radiomics": None}
+                                   "pool_sha256": sha, "pool_shape": list(pool.shape),
+                                   "radiomics": None if scalar else {}}   # {}: none wanted for this level
+                if not scalar:
+                    bar.update(1)
             for item, feats, reason, detail in pending.results():
                 if item not in entries:    # its maps failed: already quarantined with the engine's reason
                     continue
@@ -286,8 +294,9 @@ def _run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: 
     tex["pool_shape"] = [manifest[i]["pool_shape"] for i in done["item"]]
     tex["texture_params_hash"] = phash
     atomic.write_parquet(out_dir / "texture.parquet", tex.drop(columns="item"), index=False)
-    rad = pd.DataFrame([manifest[i]["radiomics"] for i in done["item"]], index=done.index)
-    atomic.write_parquet(out_dir / "radiomics.parquet", pd.concat([done[keys], rad], axis=1), index=False)
+    scalar = done[[bool(manifest[i]["radiomics"]) for i in done["item"]]]     # the texture.scalar_levels rows
+    rad = pd.DataFrame([manifest[i]["radiomics"] for i in scalar["item"]], index=scalar.index)
+    atomic.write_parquet(out_dir / "radiomics.parquet", pd.concat([scalar[keys], rad], axis=1), index=False)
 
     rows = [{"item": i, "kind": "vertebra", "reason": rs, "detail": d, "stage": "texture"}
             for i, (rs, d) in failed.items()]

@@ -8,6 +8,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from osteo_config.errors import ConfigError
+
 
 # --- errors ------------------------------------------------------------------
 class TextureInputError(ValueError):
@@ -82,6 +84,28 @@ class GLCMSettings:
         return out
 
 
+class TextureConfigError(ConfigError):
+    """The ``texture:`` section holds a value outside its range (other than a GLCM setting)."""
+
+
+LEVELS = (1, 18)              # ordinal level ids T1..L6 (features.io.masks.LEVEL_NAMES)
+
+
+def _level_range(value: Any) -> tuple[int, int] | None:
+    """``scalar_levels``: null (every level) or ``[low, high]`` level ids, 1 <= low <= high <= 18."""
+    if value is None:
+        return None
+    try:
+        lo, hi = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise TextureConfigError(f"texture.scalar_levels={value!r}: use null (every level) or [low, high] level "
+                                 f"ids, e.g. [13, 16] for L1-L4") from None
+    if not LEVELS[0] <= lo <= hi <= LEVELS[1]:
+        raise TextureConfigError(f"texture.scalar_levels=[{lo}, {hi}]: use {LEVELS[0]} <= low <= high <= "
+                                 f"{LEVELS[1]} (level ids: 1 = T1 ... 13 = L1 ... 16 = L4)")
+    return lo, hi
+
+
 ENGINE_VERSION = "texture-1"  # bump when the maps' definition changes: invalidates every cache entry
 
 
@@ -95,6 +119,14 @@ class TextureConfig:
     workers: int = 2            # processes for the pyradiomics scalar features
     scalar_features: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: {"firstorder": (), "glcm": (), "glrlm": (), "glszm": ()})
+    scalar_levels: tuple[int, int] | None = None  # level ids (inclusive) that get scalar radiomics; None = all
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scalar_levels", _level_range(self.scalar_levels))
+
+    def wants_scalar(self, level: int) -> bool:
+        """Whether a vertebra of this level id gets scalar radiomics (``scalar_levels``)."""
+        return self.scalar_levels is None or self.scalar_levels[0] <= int(level) <= self.scalar_levels[1]
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "TextureConfig":
@@ -107,11 +139,13 @@ class TextureConfig:
             batch_size=max(1, int(sec.get("batch_size", 16))),
             workers=max(1, int(sec.get("workers", 2))),
             scalar_features={str(k): tuple(v or ()) for k, v in scal.items()},
+            scalar_levels=_level_range(sec.get("scalar_levels")),
         )
 
     def params_hash(self) -> str:
         """Hash of everything that changes a pool or a scalar feature (not device / batch / workers)."""
         blob = json.dumps({"engine": ENGINE_VERSION, "glcm": asdict(self.glcm),
-                           "scalar": {k: list(v) for k, v in sorted(self.scalar_features.items())}},
+                           "scalar": {k: list(v) for k, v in sorted(self.scalar_features.items())},
+                           **({"scalar_levels": list(self.scalar_levels)} if self.scalar_levels else {})},
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

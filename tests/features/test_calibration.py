@@ -245,3 +245,28 @@ def test_chord_morphology_equals_the_distance_transform_rule(spacing):
             assert np.array_equal(inplane_core(m, r, sp), _inplane_edt(m, sp) >= r), (shape, r)
             assert np.array_equal(inplane_near(m, r, sp), _inplane_edt(~m, sp) < r), (shape, r)
     assert not inplane_near(np.zeros((4, 4, 4), bool), 3.0, sp).any()
+
+
+def test_faster_segmentation_equals_the_whole_volume_reference(cohort_cfg):
+    """Body outline (one flood per slice) and blood (inside the search boxes' bounding box only) are exactly
+    the whole-volume scipy rules of osteo_testing.calibration_reference, also when the boxes reach the edge."""
+    from features.calibration import StudyScene, _line, _measure, air_region, blood_region, body_outline, fat_region
+    from osteo_testing.calibration_reference import blood_region_reference, body_outline_reference
+
+    for index, site in ((0, "A"), (1, "B"), (2, "C")):
+        r, _ = render(cohort_cfg, index, 1.0, 8.0, site=site)
+        sp = np.asarray(r.geometry.spacing)
+        scenes = [StudyScene.of(r.hu, sp, r.labels, np.ones(r.hu.shape, bool), CAL)]
+        # the aorta's box cut by the array's left edge (x) and anterior edge (y): the crop is clipped there
+        x0 = int(np.nonzero(r.labels.any(axis=(1, 2)))[0].min())
+        y1 = int(np.nonzero(r.labels.any(axis=(0, 2)))[0].max())
+        cut = (slice(max(x0 - 20, 0), None), slice(0, min(y1 + 15, r.hu.shape[1])), slice(None))
+        scenes.append(StudyScene.of(r.hu[cut], sp, r.labels[cut], np.ones(r.hu[cut].shape, bool), CAL))
+        for scene in scenes:
+            assert np.array_equal(scene.body, body_outline_reference(scene.smooth, scene.valid, CAL.body_threshold_hu))
+            refs = [_measure(scene, air_region(scene, CAL), "air", CAL), _measure(scene, fat_region(scene, CAL), "fat", CAL)]
+            line = _line(refs)
+            got, ref = blood_region(scene, CAL, *line), blood_region_reference(scene, CAL, *line)
+            assert got.shape == ref.shape and np.array_equal(got, ref), (index, site)
+    assert np.array_equal(body_outline(np.full((5, 5, 2), -900.0, np.float32), np.ones((5, 5, 2), bool), -500.0),
+                          np.zeros((5, 5, 2), bool))

@@ -89,3 +89,32 @@ def test_pools_tables_quarantine_and_resume(interim):
     s3 = run_texture(_cfg(r=2), interim, out, progress=False)  # new params hash: recomputed
     assert (s3.computed, s3.skipped) == (3, 0)
     assert pd.read_parquet(out / "texture.parquet")["texture_params_hash"].iloc[0] != tex["texture_params_hash"].iloc[0]
+
+
+def test_scalar_levels_limit_radiomics_to_their_levels_and_every_level_keeps_its_pool(interim):
+    """texture.scalar_levels [13, 13]: pools for every vertebra, pyradiomics rows only for level 13; a rerun
+    skips everything; widening the range recomputes (new params hash) and adds the rows."""
+    from dataclasses import replace
+
+    out = interim / "texture"
+    cfg = replace(_cfg(), scalar_levels=(13, 13))
+    s1 = run_texture(cfg, interim, out, progress=False)
+    assert (s1.computed, s1.quarantined) == (3, 2)
+    tex, rad = pd.read_parquet(out / "texture.parquet"), pd.read_parquet(out / "radiomics.parquet")
+    assert sorted(tex["level"]) == [13, 14, 15] and list(rad["level"]) == [13] and list(rad["study_id"]) == ["s0"]
+    assert rad.notna().all().all() and "original_glcm_Contrast" in rad.columns
+    assert run_texture(cfg, interim, out, progress=False).skipped == 3
+    wide = run_texture(replace(cfg, scalar_levels=(13, 16)), interim, out, progress=False)
+    assert wide.computed == 3 and sorted(pd.read_parquet(out / "radiomics.parquet")["level"]) == [13, 14, 15]
+    assert cfg.params_hash() != replace(cfg, scalar_levels=None).params_hash() == _cfg().params_hash()
+
+
+@pytest.mark.parametrize("value,match", [([13], "low, high"), ("L1", "low, high"), ([0, 4], "1 <= low"),
+                                          ([16, 13], "low <= high"), ([13, 19], "<= 18")])
+def test_scalar_levels_out_of_range_is_a_typed_config_error(value, match):
+    from osteo_config.texture import TextureConfigError
+
+    with pytest.raises(TextureConfigError, match=match):
+        TextureConfig.from_params({"texture": {"scalar_levels": value}})
+    assert TextureConfig.from_params({"texture": {"scalar_levels": None}}).scalar_levels is None
+    assert TextureConfig.from_params({"texture": {"scalar_levels": [13, 16]}}).wants_scalar(16)
