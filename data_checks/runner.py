@@ -102,6 +102,25 @@ def _failures(suite: str, validation: Any) -> list[ExpectationFailure]:
     return out
 
 
+def _store_once(factory: Any, obj: Any) -> Any:
+    """Add a validation definition or checkpoint to the context, or overwrite the stored one of its name.
+
+    GE's ``add_or_update`` of these re-saves everything they hold: each stores the suite again,
+    and re-saving an existing suite compares every expectation with every stored one (pydantic
+    dicts, quadratic in the suite's size: ~180 expectations in the radiomics suite made it half
+    of ``run_checks``). The suite is stored once, just before, with ``suites.add_or_update``.
+    """
+    from great_expectations.exceptions import DataContextError
+
+    try:
+        existing = factory.get(name=obj.name)
+    except DataContextError:
+        return factory.add(obj)
+    obj.id = existing.id
+    obj.save()
+    return obj
+
+
 def run_checks(
     tables: Mapping[str, pd.DataFrame],
     cfg: ChecksConfig,
@@ -136,10 +155,9 @@ def run_checks(
         frame = derive(name, tables[name], cfg)
         suite = context.suites.add_or_update(SUITES[name](cfg, frame))
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole_table")
-        definition = context.validation_definitions.add_or_update(
-            gx.ValidationDefinition(name=f"{name}_validation", data=batch, suite=suite)
-        )
-        checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(
+        definition = _store_once(context.validation_definitions,
+                                 gx.ValidationDefinition(name=f"{name}_validation", data=batch, suite=suite))
+        checkpoint = _store_once(context.checkpoints, gx.Checkpoint(
             name=f"{name}_gate",
             validation_definitions=[definition],
             actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])],
