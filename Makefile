@@ -7,6 +7,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROFILE ?=
+PKGS    := osteo osteo_config osteo_testing cohort features osteo_model registry data_checks flows screening
 
 .PHONY: demo test test-slow test-all testdeps browserdeps venv lock bench repro clean-data browser orthanc doctools
 
@@ -14,8 +15,14 @@ $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-compile -r requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
+	@# bytecode on every core (pip compiles one file at a time: 104 s -> 69 s for the whole venv on 2 cores);
+	@# as with pip, a dependency's file that does not compile (torch ships a Python-3.12-only test file) is
+	@# not fatal; the project's own packages must compile
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > $(VENV)/compileall.log 2>&1 \
+	  || echo "compileall: some dependency files did not compile (not fatal, as with pip): $(VENV)/compileall.log"
+	$(BIN)/python -m compileall -q -j 0 $(PKGS)
 	$(BIN)/pip check
 	touch $(STAMP)
 
