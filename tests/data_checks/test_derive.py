@@ -58,3 +58,36 @@ def test_training_derivations(tmp_path):
 def test_naive_dates_are_flagged_not_utc():
     out = derive("vertebrae", pd.DataFrame({"ct_date": pd.to_datetime(["2021-01-01"])}), ChecksConfig())
     assert not out["chk_ct_date_utc"].any()
+
+
+def test_file_sha256_matches_the_array_bytes_or_the_file_bytes_in_one_pass(tmp_path):
+    """C-order .npy: the array's bytes are read past the header (no load); Fortran / byte-swapped arrays are
+    loaded and hashed in C order; any file also matches on its own bytes; truncation and mismatches fail."""
+    import io
+
+    from data_checks.derive import file_sha256_matches
+
+    a = np.arange(5 * 6 * 4, dtype=np.float32).reshape(5, 6, 4)
+    digest = hashlib.sha256(a.tobytes()).hexdigest()
+    c = tmp_path / "c.npy"
+    np.save(c, a)
+    assert file_sha256_matches(c, digest)
+    assert file_sha256_matches(c, hashlib.sha256(c.read_bytes()).hexdigest())        # the file's own bytes
+    assert not file_sha256_matches(c, hashlib.sha256(b"other").hexdigest())
+    f = tmp_path / "f.npy"
+    np.save(f, np.asfortranarray(a))
+    assert f.read_bytes() != c.read_bytes() and file_sha256_matches(f, digest)
+    be = tmp_path / "be.npy"
+    np.save(be, a.astype(">f4"))
+    assert file_sha256_matches(be, hashlib.sha256(a.astype(">f4").tobytes()).hexdigest())
+    v2 = tmp_path / "v2.npy"
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, a, version=(2, 0))
+    v2.write_bytes(buf.getvalue())
+    assert file_sha256_matches(v2, digest)
+    cut = tmp_path / "cut.npy"
+    cut.write_bytes(c.read_bytes()[:-8])
+    assert not file_sha256_matches(cut, digest)
+    other = tmp_path / "x.npz"
+    other.write_bytes(b"payload")
+    assert file_sha256_matches(other, hashlib.sha256(b"payload").hexdigest())
