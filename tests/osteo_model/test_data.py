@@ -35,6 +35,23 @@ def test_channel_norm_streams_the_same_statistics_as_one_big_array():
     torch.testing.assert_close(back.transform(torch.from_numpy(np.stack(pools))), torch.from_numpy(out))
 
 
+def test_channel_norm_transform_equals_nan_to_num_of_the_standardised_pool():
+    """Non-finite values (NaN maps, overflows to inf) become 0, every other value is the standardised one,
+    bit for bit as ``np.nan_to_num(nan=0, posinf=0, neginf=0)``; the input is not modified."""
+    pools = _pools(3)
+    norm = ChannelNorm.fit(iter(pools))
+    pool = pools[0].copy()
+    pool[1, 0, 0, 0], pool[2, 1, 1, 1], pool[3, 2, 2, 2], pool[0, 3, 3, 3] = np.nan, np.inf, -np.inf, 3e38
+    keep = pool.copy()
+    m = np.asarray(norm.mean, np.float32).reshape(-1, 1, 1, 1)
+    s = np.asarray(norm.std, np.float32).reshape(-1, 1, 1, 1)
+    with np.errstate(over="ignore"):
+        ref = np.nan_to_num((pool - m) / s, nan=0.0, posinf=0.0, neginf=0.0)
+        got = norm.transform(pool)
+    assert got.dtype == np.float32 and np.array_equal(got, ref) and np.array_equal(pool, keep, equal_nan=True)
+    assert got[1, 0, 0, 0] == 0 and got[2, 1, 1, 1] == 0 and got[3, 2, 2, 2] == 0
+
+
 def _write_pools(root, pools):
     rows = []
     for i, pool in enumerate(pools):
