@@ -21,6 +21,7 @@ is another stage's output and is never rewritten here).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -210,6 +211,24 @@ def _run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: 
     stack = contextlib.ExitStack()
     scalar_ex = stack.enter_context(open_executor(cfg.workers if len(todo) > 1 else 1, compute))
     try:
+        inflight: collections.deque = collections.deque()   # batches whose pyradiomics jobs are still running
+
+        def finish(entries: dict[str, dict], pending, done: int) -> None:
+            """Collect a batch's scalar radiomics, then record the batch (a crash after this loses none of it)."""
+            for item, feats, reason, detail in pending.results():
+                if item not in entries:    # its maps failed: already quarantined with the engine's reason
+                    continue
+                bar.update(1)
+                if feats is None:
+                    failed[item] = (reason, detail)
+                    entries.pop(item)
+                else:
+                    entries[item]["radiomics"] = feats
+            if entries:
+                _record_batch(out_dir, entries)
+                manifest.update(entries)
+                log.info("texture: batch of %d vertebrae recorded (%d/%d to do)", len(entries), done, len(todo))
+
         for start in range(0, len(todo), cfg.batch_size):
             batch, rois = [], []
             for r in todo[start:start + cfg.batch_size]:
@@ -222,8 +241,8 @@ def _run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: 
             if not batch:
                 continue
             # scalar radiomics (pyradiomics, processes) start first and run while the engine computes the
-            # maps in this process: they read the ROI files, not the pools
-            # only the levels of texture.scalar_levels (the ones a model or report reads them for)
+            # maps in this process: they read the ROI files, not the pools; only the levels of
+            # texture.scalar_levels (the ones a model or report reads them for)
             jobs = [(r.item, str(ingest_dir / r.roi_path), [float(s) for s in np.asarray(r.spacing_mm).ravel()],
                      {k: list(v) for k, v in cfg.scalar_features.items()}, cfg.glcm.bin_width) for r in batch
                     if cfg.wants_scalar(r.level)]
@@ -256,20 +275,13 @@ def _run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: 
                                    "radiomics": None if scalar else {}}   # {}: none wanted for this level
                 if not scalar:
                     bar.update(1)
-            for item, feats, reason, detail in pending.results():
-                if item not in entries:    # its maps failed: already quarantined with the engine's reason
-                    continue
-                bar.update(1)
-                if feats is None:
-                    failed[item] = (reason, detail)
-                    entries.pop(item)
-                else:
-                    entries[item]["radiomics"] = feats
-            if entries:
-                _record_batch(out_dir, entries)
-                manifest.update(entries)
-                log.info("texture: batch of %d vertebrae recorded (%d/%d to do)",
-                         len(entries), min(start + cfg.batch_size, len(todo)), len(todo))
+            # the previous batch is collected only now, with this batch's jobs already queued: the workers
+            # never wait for this process between batches (at most two batches are unrecorded at a crash)
+            inflight.append((entries, pending, min(start + cfg.batch_size, len(todo))))
+            if len(inflight) > 1:
+                finish(*inflight.popleft())
+        while inflight:
+            finish(*inflight.popleft())
     finally:
         stack.close()
     bar.close()
