@@ -12,8 +12,9 @@ by default L1-L4: the DXA-labelled levels the radiomics baseline trains and is s
 other levels would cost ~50 ms of pyradiomics each for columns nothing reads) in ``out_dir``. Resumable: ``<out_dir>/manifest.json``
 remembers, per vertebra, the ROI hash and the params hash it was computed with;
 a re-run skips unchanged vertebrae. Crash-safe: every file is written atomically
-(:mod:`features.atomic`), each finished batch is recorded at once in
-``<out_dir>/journal/`` (a killed run resumes after its last recorded batch), an
+(:mod:`features.atomic`), each finished batch is recorded in ``<out_dir>/journal/``
+once its pyradiomics results are in (collected after the next batch's jobs are queued, so at
+most two batches are unrecorded at any time; a killed run resumes after its last recorded batch), an
 unreadable record is ignored with a warning (its vertebrae are recomputed), and
 the data folder's lock (:mod:`features.workspace`) keeps a second run out. A failing ROI goes to
 ``<out_dir>/quarantine.parquet`` (the stage's own file: ingestion's quarantine
@@ -164,9 +165,9 @@ def run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: b
     """Compute texture pools and scalar radiomics for every vertebra of ``vertebrae.parquet``.
 
     Crash-safe and resumable: each batch's vertebrae (pools + scalar features) are recorded in
-    ``<out_dir>/journal/batch-*.json`` as soon as the batch is done; a killed run resumes from the
-    last recorded batch. At the end the records are folded into ``manifest.json`` (written
-    atomically) and removed. The data folder's lock (:mod:`features.workspace`) is held throughout.
+    ``<out_dir>/journal/batch-*.json`` as soon as the batch is done (its pyradiomics results are
+    collected once the next batch's jobs are queued); a killed run resumes from the last recorded
+    batch. At the end the records are folded into ``manifest.json`` (written atomically) and removed. The data folder's lock (:mod:`features.workspace`) is held throughout.
 
     Args:
         cfg: the texture configuration.
