@@ -45,37 +45,43 @@ def is_utc_datetime(series: pd.Series) -> bool:
     return isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC"
 
 
+def _npy_c_bytes(blob: bytes) -> bytes | memoryview | None:
+    """The C-order bytes of the array an ``.npy`` file holds; None when it does not parse.
+
+    A native, C-order array is stored verbatim after the header: its bytes are a view of the
+    file's, with no array copy. Any other layout (Fortran order, byte-swapped, a header version
+    without a public reader) is loaded and laid out in C order.
+    """
+    fh = io.BytesIO(blob)
+    try:
+        version = np.lib.format.read_magic(fh)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is not None:
+            shape, fortran, dtype = read_header(fh)
+            body = memoryview(blob)[fh.tell():]
+            if (not fortran and dtype.isnative and not dtype.hasobject
+                    and body.nbytes == int(np.prod(shape, dtype=np.int64)) * dtype.itemsize):
+                return body
+        array = np.load(io.BytesIO(blob), allow_pickle=False)
+    except (ValueError, OSError):
+        return None
+    return np.ascontiguousarray(array).tobytes()
+
+
 def file_sha256_matches(path: Path, recorded: str) -> bool:
     """Whether ``recorded`` is the SHA-256 of the file's bytes or, for ``.npy``, of its array's bytes.
 
     The contract names texture files by "SHA-256 of the array bytes"; hashing the
-    file bytes as well keeps the check valid for writers that hash the file. A C-order
-    ``.npy`` holds its array's bytes verbatim after the header, so that hash is taken on
-    the file's bytes past the header: one pass over the file, no array copy (the demo's
-    5.2 GB of pools were read, hashed, parsed and hashed again).
+    file bytes as well keeps the check valid for writers that hash the file. The array's
+    bytes are read past the ``.npy`` header (:func:`_npy_c_bytes`): one pass over a pool, not
+    a hash, a parse and a second hash (the demo's 5.2 GB of pools).
     """
     blob = path.read_bytes()
     if path.suffix == ".npy":
-        try:
-            fh = io.BytesIO(blob)
-            version = np.lib.format.read_magic(fh)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            shape, fortran, dtype = read_header(fh) if read_header else ((), True, np.dtype(object))
-        except (ValueError, OSError):
-            return hashlib.sha256(blob).hexdigest() == recorded
-        body = memoryview(blob)[fh.tell():]
-        if (not fortran and not dtype.hasobject and dtype.isnative
-                and body.nbytes == int(np.prod(shape, dtype=np.int64)) * dtype.itemsize):
-            if hashlib.sha256(body).hexdigest() == recorded:
-                return True
-        else:                                  # Fortran order, byte-swapped, object: the array's own C bytes
-            try:
-                array = np.load(io.BytesIO(blob), allow_pickle=False)
-            except (ValueError, OSError):
-                return hashlib.sha256(blob).hexdigest() == recorded
-            if hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest() == recorded:
-                return True
+        array_bytes = _npy_c_bytes(blob)
+        if array_bytes is not None and hashlib.sha256(array_bytes).hexdigest() == recorded:
+            return True
     return hashlib.sha256(blob).hexdigest() == recorded
 
 

@@ -9,9 +9,9 @@ whose kernel has no pair along some direction that has pairs elsewhere; the
 count is reported as ``nan_voxels``). Then ``texture.parquet`` (every vertebra) and
 ``radiomics.parquet`` (scalar pyradiomics features of the levels in ``texture.scalar_levels``,
 by default L1-L4: the DXA-labelled levels the radiomics baseline trains and is scored on; the
-other levels would cost ~50 ms of pyradiomics each for columns nothing reads) in ``out_dir``. Resumable: ``<out_dir>/manifest.json``
-remembers, per vertebra, the ROI hash and the params hash it was computed with;
-a re-run skips unchanged vertebrae. Crash-safe: every file is written atomically
+other levels would cost ~50 ms of pyradiomics each for columns nothing reads) in ``out_dir``.
+Resumable: ``<out_dir>/manifest.json`` remembers, per vertebra, the ROI hash and the params
+hash it was computed with; a re-run skips unchanged vertebrae. Crash-safe: every file is written atomically
 (:mod:`features.atomic`), each finished batch is recorded in ``<out_dir>/journal/``
 once its pyradiomics results are in (collected after the next batch's jobs are queued, so at
 most two batches are unrecorded at any time; a killed run resumes after its last recorded batch), an
@@ -167,7 +167,8 @@ def run_texture(cfg: TextureConfig, ingest_dir: Path, out_dir: Path, progress: b
     Crash-safe and resumable: each batch's vertebrae (pools + scalar features) are recorded in
     ``<out_dir>/journal/batch-*.json`` as soon as the batch is done (its pyradiomics results are
     collected once the next batch's jobs are queued); a killed run resumes from the last recorded
-    batch. At the end the records are folded into ``manifest.json`` (written atomically) and removed. The data folder's lock (:mod:`features.workspace`) is held throughout.
+    batch. At the end the records are folded into ``manifest.json`` (written atomically) and removed.
+    The data folder's lock (:mod:`features.workspace`) is held throughout.
 
     Args:
         cfg: the texture configuration.

@@ -139,7 +139,7 @@ class TextureConfig:
             batch_size=max(1, int(sec.get("batch_size", 16))),
             workers=max(1, int(sec.get("workers", 2))),
             scalar_features={str(k): tuple(v or ()) for k, v in scal.items()},
-            scalar_levels=_level_range(sec.get("scalar_levels")),
+            scalar_levels=sec.get("scalar_levels"),   # checked and made a pair by __post_init__
         )
 
     def params_hash(self) -> str:
