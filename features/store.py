@@ -94,7 +94,10 @@ def write_feature_store_yaml(cfg: FeatureStoreConfig, repo_dir: str | Path) -> P
 
 def open_store(cfg: FeatureStoreConfig, repo_dir: str | Path):
     """A ``feast.FeatureStore`` on ``repo_dir`` (the yaml is (re)generated from ``cfg`` first)."""
-    from feast import FeatureStore  # heavy import (~8 s): only at the edge
+    from features.feature_repo.feast_import import import_feast
+
+    import_feast(cfg.feast_typechecks)  # heavy import (5-12 s with typeguard's instrumentation): only at the edge
+    from feast import FeatureStore
 
     write_feature_store_yaml(cfg, repo_dir)
     return FeatureStore(repo_path=str(Path(repo_dir).resolve()))

@@ -34,12 +34,15 @@ class FeatureStoreConfig:
     redis: str = "127.0.0.1:6379"
     cache_ttl_seconds: int = 60
     latency_lookups: int = 1000
+    feast_typechecks: bool = False
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise FeatureStoreError(f"features_store.profile={self.profile!r}: choose one of {PROFILES}")
         if not self.project.replace("_", "").isalnum():
             raise FeatureStoreError(f"features_store.project={self.project!r}: use letters, digits, underscores")
+        if not isinstance(self.feast_typechecks, bool):
+            raise FeatureStoreError(f"features_store.feast_typechecks={self.feast_typechecks!r}: true or false")
         if self.window_days <= 0:
             raise FeatureStoreError(f"ingest.dxa_window_days={self.window_days}: must be > 0 days")
 

@@ -1,0 +1,64 @@
+"""features.feature_repo.feast_import: Feast with and without typeguard's instrumentation.
+
+Each case runs in a fresh interpreter: whether Feast's classes are instrumented is decided by the first
+import of Feast in a process (this test process has usually imported it already, with the checks on).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# In a fresh interpreter: import Feast as asked, report whether typeguard's decorator is restored, whether a
+# wrong argument type is caught by typeguard, and build the repository's definitions with it.
+PROBE = r"""
+import json, sys
+import typeguard
+from features.feature_repo.feast_import import import_feast
+original = typeguard.typechecked
+feast = import_feast({typechecks})
+again = import_feast(not {typechecks})
+out = {{"restored": typeguard.typechecked is original, "same_module": again is feast}}
+try:
+    feast.Entity(name=123, join_keys=["k"], value_type=feast.ValueType.STRING)
+    out["wrong_type"] = "accepted"
+except typeguard.TypeCheckError as exc:
+    out["wrong_type"] = "TypeCheckError: " + str(exc)
+from features.feature_repo.definitions import RepoSpec, build_definitions
+objs = build_definitions(RepoSpec(window_days=183, ct_ttl_days=36500,
+                                  ct_fields=(("hu_mean", "Float64"), ("scanner", "String")), ct_schema_sha256="0" * 64))
+out["objects"] = sorted(type(o).__name__ for o in objs)
+print(json.dumps(out))
+"""
+
+
+def _probe(typechecks: bool) -> dict:
+    res = subprocess.run([sys.executable, "-c", PROBE.format(typechecks=typechecks)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("typechecks", [True, False])
+def test_feast_imports_with_or_without_typeguard_and_the_definitions_build(typechecks):
+    out = _probe(typechecks)
+    assert out["restored"] and out["same_module"]  # typeguard untouched afterwards; the first import decides
+    if typechecks:  # Feast as installed: a wrong argument type is refused by typeguard, our definitions pass
+        assert out["wrong_type"].startswith("TypeCheckError") and '"name"' in out["wrong_type"]
+    else:           # typeguard's decorator as under python -O: Feast's own code runs unchecked
+        assert out["wrong_type"] == "accepted"
+    assert out["objects"].count("FeatureView") == 3 and "FeatureService" in out["objects"]
+    assert out["objects"].count("Entity") == 3
+
+
+def test_the_store_config_refuses_a_non_boolean_switch():
+    from osteo_config.store import FeatureStoreConfig, FeatureStoreError
+
+    with pytest.raises(FeatureStoreError, match="feast_typechecks"):
+        FeatureStoreConfig(feast_typechecks="no")
+    assert FeatureStoreConfig.from_params({"features_store": {"feast_typechecks": True}}).feast_typechecks is True
