@@ -111,3 +111,24 @@ def test_phi_fields_present_in_csvs_and_dicom_headers(clean_cohort):
     assert d.PatientBirthDate == p.birth_date.replace("-", "")
     assert d.AccessionNumber == dcm.accession_number and d.StudyInstanceUID == dcm.study_instance_uid
     assert d.SeriesInstanceUID and d.SOPInstanceUID and d.SOPInstanceUID != d.SeriesInstanceUID
+
+
+def test_nifti_members_are_standard_gzip_without_a_time_stamp(tmp_path):
+    """save_nifti deflates with ISA-L: Python's own gzip reads the member back to nibabel's exact bytes."""
+    import gzip
+
+    from cohort.writers import save_nifti
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(-1024, 2000, size=(37, 29, 11)).astype(np.int16)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[:3, 3] = [-10.0, 4.0, 30.0]
+    path = tmp_path / "ct.nii.gz"
+    save_nifti(path, data, affine)
+    blob = path.read_bytes()
+    assert blob[:2] == b"\x1f\x8b" and blob[4:8] == b"\x00\x00\x00\x00"  # gzip magic, MTIME 0 (deterministic)
+    img = nib.Nifti1Image.from_bytes(gzip.decompress(blob))
+    assert np.array_equal(np.asanyarray(img.dataobj), data) and np.allclose(img.affine, affine)
+    assert np.array_equal(np.asanyarray(nib.load(str(path)).dataobj), data)
+    save_nifti(tmp_path / "again.nii.gz", data, affine)
+    assert (tmp_path / "again.nii.gz").read_bytes() == blob
