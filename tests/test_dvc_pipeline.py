@@ -51,6 +51,19 @@ def _set(wd: Path, dotted: str, value) -> None:
     (wd / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def _in_cache(wd: Path, files: list[Path]) -> list[Path]:
+    """The files whose bytes are an object of the repository's DVC cache (DVC 3: files/md5/<2>/<30>)."""
+    import hashlib
+
+    assert files, "no files to look up"
+    out = []
+    for f in files:
+        h = hashlib.md5(f.read_bytes()).hexdigest()
+        if (wd / ".dvc" / "cache" / "files" / "md5" / h[:2] / h[2:]).is_file():
+            out.append(f)
+    return out
+
+
 def fresh_copy(root: Path, name: str = "repo") -> Path:
     """The repository as a fresh clone sees it (no data, no dvc.lock), on the tiny profile."""
     wd = root / name
@@ -131,6 +144,12 @@ def test_repro_builds_then_noop_then_stops_at_a_failing_gate(built):
     assert promotion["state"] in ("promoted", "rejected") and promotion["version"] == "1"
     shown = _dvc(wd, "metrics", "show")
     assert shown.returncode == 0 and "metrics/evaluate.json" in shown.stdout, shown.stdout + shown.stderr
+
+    # the texture pools are hashed in dvc.lock but never copied into the cache (dvc.yaml: cache: false);
+    # the ROIs they are computed from are
+    assert _in_cache(wd, sorted((wd / "data/interim/texture").rglob("*.npy"))[:20]) == []
+    rois = sorted((wd / "data/interim/ingest").rglob("*.npz"))[:5]
+    assert rois and _in_cache(wd, rois) == rois
 
     second = _dvc(wd, "repro")
     assert second.returncode == 0
