@@ -92,11 +92,17 @@ def write_feature_store_yaml(cfg: FeatureStoreConfig, repo_dir: str | Path) -> P
     return out
 
 
-def open_store(cfg: FeatureStoreConfig, repo_dir: str | Path):
-    """A ``feast.FeatureStore`` on ``repo_dir`` (the yaml is (re)generated from ``cfg`` first)."""
+def _load_feast(cfg: FeatureStoreConfig) -> None:
+    """Import Feast as ``cfg.feast_typechecks`` says, before anything here imports it (the definitions
+    module imports Feast at its top): heavy (5-12 s with typeguard's instrumentation), only at the edge."""
     from features.feature_repo.feast_import import import_feast
 
-    import_feast(cfg.feast_typechecks)  # heavy import (5-12 s with typeguard's instrumentation): only at the edge
+    import_feast(cfg.feast_typechecks)
+
+
+def open_store(cfg: FeatureStoreConfig, repo_dir: str | Path):
+    """A ``feast.FeatureStore`` on ``repo_dir`` (the yaml is (re)generated from ``cfg`` first)."""
+    _load_feast(cfg)
     from feast import FeatureStore
 
     write_feature_store_yaml(cfg, repo_dir)
@@ -105,6 +111,7 @@ def open_store(cfg: FeatureStoreConfig, repo_dir: str | Path):
 
 def apply_repo(cfg: FeatureStoreConfig, store, prepared: PreparedTables) -> list:
     """Register every definition (entities, sources, views, services) in the store's registry."""
+    _load_feast(cfg)
     from features.feature_repo.definitions import RepoSpec, build_definitions
 
     spec = RepoSpec(window_days=cfg.window_days, ct_ttl_days=cfg.ct_ttl_days, ct_fields=prepared.ct_fields,
@@ -136,6 +143,7 @@ def materialize(cfg: FeatureStoreConfig, ingest_dir: str | Path, texture_dir: st
     Returns:
         A :class:`MaterializeSummary` with rows written per view.
     """
+    _load_feast(cfg)
     from features.feature_repo.definitions import CT_VIEW, DXA_VIEW
 
     repo_dir = Path(repo_dir)
@@ -204,6 +212,7 @@ def training_set(cfg: FeatureStoreConfig, repo_dir: str | Path, entity_df: pd.Da
         (DXA minus CT, days) and ``dxa_direction``. ``df.attrs["pairing"]`` holds the counts
         (vertebrae in, at label levels, paired, excluded by the window rule, duplicates dropped).
     """
+    _load_feast(cfg)
     from features.feature_repo.definitions import CT_TABLE, CT_VIEW, DXA_MIRROR_VIEW, DXA_TABLE, DXA_VIEW, \
         TRAINING_SERVICE
 
@@ -264,6 +273,7 @@ def _prep_counts(repo_dir: Path) -> dict[str, int]:
 def online_features(cfg: FeatureStoreConfig, repo_dir: str | Path, vertebra_ids: Sequence[str],
                     store=None) -> pd.DataFrame:
     """Latest CT features of the given vertebrae through ``osteo_screening_v1`` (online store)."""
+    _load_feast(cfg)
     from features.feature_repo.definitions import SCREENING_SERVICE
 
     store = store or open_store(cfg, repo_dir)
@@ -287,6 +297,7 @@ def online_latency(cfg: FeatureStoreConfig, repo_dir: str | Path, n: int | None 
     Returns:
         p50/p99/mean in milliseconds and the backend (``sqlite`` | ``redis``).
     """
+    _load_feast(cfg)
     from features.feature_repo.definitions import CT_TABLE, SCREENING_SERVICE
 
     n = int(n or cfg.latency_lookups)

@@ -62,3 +62,35 @@ def test_the_store_config_refuses_a_non_boolean_switch():
     with pytest.raises(FeatureStoreError, match="feast_typechecks"):
         FeatureStoreConfig(feast_typechecks="no")
     assert FeatureStoreConfig.from_params({"features_store": {"feast_typechecks": True}}).feast_typechecks is True
+
+
+# The stage path: materialize + training set in a fresh interpreter with the switch off; Feast must have been
+# imported without instrumentation (the definitions module imports Feast at its top, so every entry point of
+# features.store imports Feast as configured before it).
+STAGE_PROBE = r"""
+import json, sys, tempfile
+from pathlib import Path
+import typeguard
+from features import store
+from osteo_testing.feature_fixtures import fixture_tables, write_fixture
+root = Path(tempfile.mkdtemp())
+ingest, texture = write_fixture(root / "in", tables=fixture_tables(n_patients=8, seed=4))
+cfg = store.FeatureStoreConfig(project="osteo_probe", feast_typechecks={typechecks})
+assert "feast" not in sys.modules
+summary = store.materialize(cfg, ingest, texture, root / "repo")
+import feast
+try:
+    feast.Entity(name=123, join_keys=["k"], value_type=feast.ValueType.STRING)
+    checked = False
+except typeguard.TypeCheckError:
+    checked = True
+print(json.dumps({{"checked": checked, "ct_rows": summary.ct_rows}}))
+"""
+
+
+def test_the_store_imports_feast_as_configured_before_its_definitions():
+    res = subprocess.run([sys.executable, "-c", STAGE_PROBE.format(typechecks=False)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out == {"checked": False, "ct_rows": out["ct_rows"]} and out["ct_rows"] > 0
