@@ -4,6 +4,7 @@ leaves `dvc status` clean, an ROI code change re-runs ingest in both); a second 
 data gate stops it before the feature store."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -53,8 +54,6 @@ def _set(wd: Path, dotted: str, value) -> None:
 
 def _in_cache(wd: Path, files: list[Path]) -> list[Path]:
     """The files whose bytes are an object of the repository's DVC cache (DVC 3: files/md5/<2>/<30>)."""
-    import hashlib
-
     assert files, "no files to look up"
     out = []
     for f in files:
